@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set everything up.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+EXAMPLE_TABLE := data/patients.parquet
+
+.PHONY: setup run test lint check bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/python sql/examples/setup_example.py
+	$(BIN)/scoring run --dialect tsql \
+	  --model bc=models:/bc@champion \
+	  --table patients=$(EXAMPLE_TABLE) \
+	  --sql sql/examples/breast_cancer.sql \
+	  --output out/scored.parquet
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check scoring tests sql
+	$(BIN)/ruff format --check scoring tests sql
+	$(BIN)/mypy scoring
+
+check: lint test
+
+clean:
+	rm -rf .scoring out data build dist *.egg-info

@@ -1,0 +1,181 @@
+"""The ``scoring`` command.
+
+Exit codes are those of :class:`scoring.errors.ExitCode`. Errors print one line on
+stderr (``scoring: error: ...``); ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scoring import __version__
+from scoring.errors import ConfigError, ExitCode, JobInterrupted, ScoringError
+from scoring.settings import Settings, load_settings
+
+log = logging.getLogger("scoring")
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for value in values or []:
+        name, sep, target = value.partition("=")
+        if not sep or not name or not target:
+            raise ConfigError(f"{flag} expects NAME=VALUE, got '{value}'")
+        if name in pairs:
+            raise ConfigError(f"{flag} binds '{name}' twice")
+        pairs[name] = target
+    return pairs
+
+
+def _help(field: str) -> str:
+    return str(Settings.model_fields[field].description)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(prog="scoring", description="Score tables with registered ONNX models in SQL.")
+    parser.add_argument("--version", action="version", version=f"scoring {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a scoring query and write Parquet")
+    run.add_argument("--engine", choices=["duckdb", "spark"], help=_help("engine"))
+    run.add_argument("--dialect", help="dialect the query is written in: duckdb, tsql, bigquery, spark, ...")
+    run.add_argument("--model", action="append", metavar="NAME=URI", help="bind a SQL model name to a registry URI")
+    run.add_argument("--table", action="append", metavar="NAME=PATH", help="bind a table name to Parquet (file, folder, glob)")
+    query = run.add_mutually_exclusive_group(required=True)
+    query.add_argument("--query", help="the SQL query")
+    query.add_argument("--sql", type=Path, metavar="FILE", help="a file holding the SQL query")
+    run.add_argument("--output", type=Path, required=True, help="Parquet file to publish atomically")
+    run.add_argument("--mode", choices=["overwrite", "error"], help=_help("mode"))
+    run.add_argument("--null", choices=["null", "nan", "error"], help=_help("null"))
+    run.add_argument("--threads", type=int, help=_help("threads"))
+    run.add_argument("--ort-threads", type=int, help=_help("ort_threads"))
+    _common(run)
+
+    models = sub.add_parser("models", help="inspect models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    inspect = models_sub.add_parser("inspect", help="show a model's inputs, outputs and column binding")
+    inspect.add_argument("uri", help="models:/name/version, models:/name@alias, runs:/..., or a .onnx path")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    _common(inspect)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help=_help("tracking_uri"))
+    parser.add_argument("--log-format", choices=["text", "json"], help=_help("log_format"))
+    parser.add_argument("--debug", action="store_true", default=None, help=_help("debug"))
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
+                           "logger": record.name, "message": record.getMessage()})
+
+
+def _setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("scoring")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
+    root.propagate = False
+    # MLflow and py4j chatter is not the job's output.
+    for noisy in ("mlflow", "alembic", "py4j", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _raise_on_signal(signum: int, frame: Any) -> None:
+    raise JobInterrupted(signum)
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from scoring.job import JobSpec, run_job
+
+    if args.sql is not None:
+        try:
+            query = args.sql.read_text()
+        except OSError as exc:
+            raise ConfigError(f"--sql file '{args.sql}' cannot be read: {exc.strerror}") from None
+    else:
+        query = args.query
+    spec = JobSpec(models=_pairs(args.model, "--model"), tables=_pairs(args.table, "--table"),
+                   query=query, output=args.output, dialect=args.dialect)
+    result = run_job(spec, settings)
+    summary = {
+        "output": str(result.output), "rows": result.rows, "seconds": round(result.seconds, 3),
+        "rows_per_second": round(result.rows_per_second),
+        "models": {name: {"pinned_uri": ref.pinned_uri, "sha256": ref.sha256,
+                          "rows_scored": result.rows_scored.get(name, 0)}
+                   for name, ref in result.models.items()},
+    }
+    if settings.log_format == "json":
+        print(json.dumps(summary))
+    else:
+        for name, info in summary["models"].items():  # type: ignore[union-attr]
+            print(f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, "
+                  f"{info['rows_scored']:,} rows scored")
+        print(f"wrote {result.rows:,} rows to {result.output} in {result.seconds:.2f} s "
+              f"({result.rows_per_second:,.0f} rows/s)")
+    return ExitCode.OK
+
+
+def _cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    from scoring.inspect import describe_model, format_description
+
+    description = describe_model(args.uri, settings)
+    print(json.dumps(description, indent=2) if args.json else format_description(description))
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scoring`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        settings = load_settings(
+            engine=getattr(args, "engine", None), mode=getattr(args, "mode", None),
+            null=getattr(args, "null", None), threads=getattr(args, "threads", None),
+            ort_threads=getattr(args, "ort_threads", None), tracking_uri=args.tracking_uri,
+            log_format=args.log_format, debug=args.debug,
+        )
+        debug = settings.debug
+        _setup_logging(settings)
+        signal.signal(signal.SIGTERM, _raise_on_signal)
+        signal.signal(signal.SIGINT, _raise_on_signal)
+        if args.command == "run":
+            return _cmd_run(args, settings)
+        return _cmd_inspect(args, settings)
+    except ScoringError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"scoring: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # anything unplanned is a bug: say so, keep the trace for --debug
+        if debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"scoring: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+              file=sys.stderr)
+        return ExitCode.INTERNAL
+
+
+def entry() -> None:
+    """Console-script wrapper."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

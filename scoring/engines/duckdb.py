@@ -1,0 +1,162 @@
+"""DuckDB engine: models as vectorized Arrow UDFs, queries streamed as Arrow batches."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+
+from scoring import types
+from scoring.engines import check_sql_name
+from scoring.errors import InputDataError, QueryError, ScoringError
+from scoring.model import Model
+from scoring.sql.dialects import read_dialect
+
+# DuckDB never casts DOUBLE to FLOAT implicitly, so float inputs are declared DOUBLE
+# (any number casts to it) and narrowed to float32 when the batch reaches the model.
+_PARAMETER = {"float": "DOUBLE", "double": "DOUBLE", "int64": "BIGINT", "int32": "BIGINT",
+              "int16": "BIGINT", "int8": "BIGINT", "uint8": "BIGINT", "bool": "BOOLEAN",
+              "string": "VARCHAR"}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class DuckDBEngine:
+    """Run scoring queries on a DuckDB connection.
+
+    Args:
+        con: An existing connection to register models on (embedding), or None for a new
+            in-memory one owned by the engine.
+        threads: DuckDB threads; default: DuckDB's own (all cores).
+        resolve: Called with a registry URI named inside a query (``MODEL = 'models:/bc/2'``)
+            to load that model on demand.
+    """
+
+    name = "duckdb"
+    dialect = "duckdb"
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection | None = None,
+        threads: int | None = None,
+        resolve: Callable[[str], Model] | None = None,
+    ) -> None:
+        self.owned = con is None
+        self.con = con if con is not None else duckdb.connect()
+        if threads:
+            self.con.execute("SET threads = ?", [threads])
+        self.models: dict[str, Model] = {}
+        self._resolve = resolve
+        self._udf_error: ScoringError | None = None
+
+    # -- registration -------------------------------------------------------------------------
+
+    def register_model(self, name: str, model: Model) -> None:
+        """Create the SQL function ``name(arg, ...)`` returning the model's output."""
+        check_sql_name(name, "model")
+        engine = self
+
+        def udf(*columns: Any) -> pa.Array:
+            try:
+                return model.predict(columns)
+            except ScoringError as exc:  # DuckDB would flatten it into a generic error
+                engine._udf_error = exc
+                raise
+
+        # DuckDB counts parameters from the Python signature; give the variadic UDF the model's arity.
+        udf.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(len(model.arguments))]
+        )
+        parameters = [duckdb.sqltype(_PARAMETER[types.onnx_element(a.onnx_type)]) for a in model.arguments]
+        if name in self.models:
+            self.con.remove_function(name)
+        self.con.create_function(
+            name, udf, parameters, duckdb.sqltype(types.duckdb_type(model.output_type)),
+            type="arrow", null_handling="special",
+            # Marked volatile so DuckDB never duplicates the call into a pushed-down filter
+            # or per struct field: each row reaches the model exactly once.
+            side_effects=True,
+        )
+        self.models[name] = model
+
+    def register_table(self, name: str, path: str) -> None:
+        """Expose Parquet at ``path`` (a file, a folder of files, or a glob) as a view."""
+        check_sql_name(name, "table")
+        source = Path(path)
+        pattern = str(source / "**" / "*.parquet") if source.is_dir() else path
+        if not any(ch in path for ch in "*?[") and not source.exists():
+            raise InputDataError(f"table '{name}': no Parquet file or folder at '{path}'")
+        try:
+            self.con.read_parquet(pattern, hive_partitioning=source.is_dir()).create_view(name)
+        except duckdb.Error as exc:
+            raise InputDataError(f"table '{name}': cannot read Parquet at '{path}': {_first_line(exc)}") from None
+
+    # -- the SQL front's catalog ---------------------------------------------------------------
+
+    def function(self, model: str) -> tuple[str, Model]:
+        """SQL function for a bound model name or a registry URI (registered on first use)."""
+        for bound, loaded in self.models.items():
+            if bound.lower() == model.lower():
+                return bound, loaded
+        if self._resolve is not None and (":" in model or model.endswith(".onnx")):
+            loaded = self._resolve(model)
+            fn = "__scoring_" + re.sub(r"\W", "_", model)
+            self.register_model(fn, loaded)
+            return fn, loaded
+        from scoring.errors import ModelNotFoundError, did_you_mean
+
+        raise ModelNotFoundError(
+            f"model '{model}' is not bound; bind it with --model {model}=URI or name a registry URI"
+            + did_you_mean(model, self.models)
+        )
+
+    def schema(self, relation: exp.Expr) -> pa.Schema:
+        """Arrow schema of a table or subquery, read from DuckDB without scanning rows."""
+        sql = relation.this.sql(dialect=read_dialect("duckdb")) if isinstance(relation, exp.Subquery) \
+            else exp.select("*").from_(relation).sql(dialect=read_dialect("duckdb"))
+        try:
+            return self.con.sql(sql).limit(0).to_arrow_table().schema
+        except duckdb.Error as exc:
+            raise _query_error(exc) from None
+
+    # -- execution -----------------------------------------------------------------------------
+
+    def execute(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:
+        """Start ``sql`` and return a stream of Arrow record batches."""
+        self._udf_error = None
+        try:
+            return self.con.sql(sql).to_arrow_reader(batch_rows)
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
+
+    def translate(self, exc: BaseException) -> BaseException:
+        """Map a DuckDB error (possibly raised by a model UDF) to a typed error."""
+        if self._udf_error is not None:
+            return self._udf_error
+        if isinstance(exc, duckdb.Error):
+            return _query_error(exc)
+        return exc
+
+    def interrupt(self) -> None:
+        """Ask DuckDB to stop the running query (safe from another thread)."""
+        self.con.interrupt()
+
+    def close(self) -> None:
+        """Close the connection if the engine opened it."""
+        if self.owned:
+            self.con.close()
+
+
+def _query_error(exc: BaseException) -> ScoringError:
+    message = _first_line(exc)
+    if isinstance(exc, duckdb.CatalogException) and "Table with name" in message:
+        return InputDataError(message)
+    return QueryError(message)

@@ -1,0 +1,126 @@
+"""One typed error hierarchy, each class mapped to a documented CLI exit code.
+
+Every error carries a one-line message that names the object (model, table,
+column, setting), what was expected and what was found. Errors also inherit
+the matching builtin where one exists, so callers embedding the library can
+catch ``LookupError`` or ``TypeError`` as usual.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ExitCode:
+    """Process exit codes of the ``scoring`` command (documented in the README)."""
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    CONFIG = 3
+    MODEL_NOT_FOUND = 4
+    REGISTRY_UNAVAILABLE = 5
+    MODEL_LOAD = 6
+    SCHEMA_MISMATCH = 7
+    QUERY = 8
+    INPUT_DATA = 9
+    OUTPUT = 10
+    ENGINE_UNAVAILABLE = 11
+    INTERRUPTED = 130
+    TERMINATED = 143
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest candidate, or ``""``."""
+    pool = list(candidates)
+    lowered = {c.lower(): c for c in pool}
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean '{lowered[match[0]]}'?" if match else ""
+
+
+class ScoringError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code: int = ExitCode.INTERNAL
+    retryable: bool = False
+
+
+class ConfigError(ScoringError, ValueError):
+    """A setting, job file or command-line value is invalid."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class RegistryError(ScoringError):
+    """The model registry refused a request."""
+
+    exit_code = ExitCode.MODEL_NOT_FOUND
+
+
+class ModelNotFoundError(RegistryError, LookupError):
+    """A registered model, version, alias or run artifact does not exist."""
+
+
+class RegistryUnavailableError(RegistryError, ConnectionError):
+    """The registry could not be reached; a later retry may succeed."""
+
+    exit_code = ExitCode.REGISTRY_UNAVAILABLE
+    retryable = True
+
+
+class ModelLoadError(ScoringError):
+    """A model was found but cannot be used: wrong flavor, corrupt file, unsupported type."""
+
+    exit_code = ExitCode.MODEL_LOAD
+
+
+class SchemaMismatchError(ScoringError, TypeError):
+    """Table columns or query arguments do not fit a model's inputs or outputs."""
+
+    exit_code = ExitCode.SCHEMA_MISMATCH
+
+
+class NullInputError(SchemaMismatchError, ValueError):
+    """A NULL reached a model input while the null policy is ``error``."""
+
+
+class PredictSyntaxError(ScoringError, ValueError):
+    """A PREDICT / ML.PREDICT form or the surrounding query is malformed."""
+
+    exit_code = ExitCode.QUERY
+
+
+class QueryError(ScoringError):
+    """The engine rejected the (rewritten) query."""
+
+    exit_code = ExitCode.QUERY
+
+
+class InputDataError(ScoringError, LookupError):
+    """An input table is missing or unreadable."""
+
+    exit_code = ExitCode.INPUT_DATA
+
+
+class OutputError(ScoringError, OSError):
+    """The result cannot be published at the requested path."""
+
+    exit_code = ExitCode.OUTPUT
+
+
+class EngineUnavailableError(ScoringError, RuntimeError):
+    """An engine's runtime (Java for Spark, an optional package) is missing."""
+
+    exit_code = ExitCode.ENGINE_UNAVAILABLE
+
+
+class JobInterrupted(ScoringError):
+    """The job received SIGTERM or SIGINT and stopped without publishing."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        super().__init__(f"job stopped by {name}; nothing was published")
+        self.exit_code = ExitCode.INTERRUPTED if name == "SIGINT" else ExitCode.TERMINATED

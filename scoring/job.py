@@ -1,0 +1,142 @@
+"""Orchestration of one scoring job: pin models, register them, compile, run, publish."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scoring import __version__
+from scoring.cache import default_threads, load_model
+from scoring.engines import check_sql_name
+from scoring.errors import ScoringError
+from scoring.model import Model
+from scoring.registry import ModelRef, Registry
+from scoring.settings import Settings
+from scoring.sql.compile import compile_query
+from scoring.writer import check_target, write_parquet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSpec:
+    """What to score: models and tables bound to SQL names, a query and an output path."""
+
+    models: dict[str, str]
+    tables: dict[str, str]
+    query: str
+    output: Path
+    dialect: str | None = None
+
+
+@dataclass
+class JobResult:
+    """What a finished job did."""
+
+    output: Path
+    rows: int
+    seconds: float
+    models: dict[str, ModelRef]
+    rows_scored: dict[str, int] = field(default_factory=dict)
+    sql: str = ""
+
+    @property
+    def rows_per_second(self) -> float:
+        """Output rows per wall-clock second."""
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+
+def registry_for(settings: Settings) -> Registry:
+    """The registry the settings point at."""
+    return Registry(
+        settings.resolved_tracking_uri(), settings.resolved_cache_dir(),
+        registry_uri=settings.registry_uri, timeout=settings.registry_timeout,
+        retries=settings.registry_retries,
+    )
+
+
+def _open_duckdb(settings: Settings, resolve: Callable[[str], Model]) -> Any:
+    from scoring.engines.duckdb import DuckDBEngine
+
+    return DuckDBEngine(threads=settings.threads, resolve=resolve)
+
+
+def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | None = None) -> JobResult:
+    """Run one job end to end and publish its Parquet result atomically.
+
+    Raises:
+        ScoringError: a subclass naming what was wrong; nothing is published.
+    """
+    started = time.perf_counter()
+    output = Path(spec.output)
+    check_target(output, settings.mode, folder=settings.engine == "spark")
+    for name in spec.models:
+        check_sql_name(name, "model")
+    for name in spec.tables:
+        check_sql_name(name, "table")
+
+    registry = registry_for(settings)
+    engine_threads = settings.threads or default_threads()
+    ort_threads = settings.ort_threads or default_threads(engine_threads)
+    refs: dict[str, ModelRef] = {}
+
+    def resolve(uri: str) -> Model:
+        ref = registry.resolve(uri)
+        refs[uri] = ref
+        return load_model(ref, ort_threads, settings.null)
+
+    models = {name: resolve(uri) for name, uri in spec.models.items()}
+    refs = {name: models[name].ref for name in spec.models}
+    for name, ref in refs.items():
+        log.info("model %s = %s -> %s (sha256 %s)", name, ref.uri, ref.pinned_uri, ref.sha256[:12])
+
+    if settings.engine == "spark":
+        from scoring.engines.spark import run_spark_job
+
+        return run_spark_job(spec, settings, models, resolve, refs, started)
+
+    engine = _open_duckdb(settings, resolve)
+    try:
+        for name, path in spec.tables.items():
+            engine.register_table(name, path)
+        for name, model in models.items():
+            engine.register_model(name, model)
+        dialect = spec.dialect or settings.dialect or engine.dialect
+        sql = compile_query(spec.query, dialect, engine.dialect, engine)
+        log.debug("compiled SQL: %s", sql)
+        metadata = run_metadata(spec, refs, engine.name, dialect, sql)
+        try:
+            reader = engine.execute(sql, settings.row_group_rows)
+            written = write_parquet(reader, output, metadata, mode=settings.mode,
+                                    compression=settings.compression, on_batch=on_batch)
+        except ScoringError:
+            raise
+        except Exception as exc:
+            translated = engine.translate(exc)
+            if translated is exc:
+                raise
+            raise translated from None
+    finally:
+        engine.close()
+    seconds = time.perf_counter() - started
+    scored = {name: engine.models[name].stats.rows for name in engine.models}
+    return JobResult(output, written.rows, seconds, refs, scored, sql)
+
+
+def run_metadata(spec: JobSpec, refs: dict[str, ModelRef], engine: str, dialect: str, sql: str) -> dict[str, Any]:
+    """The run metadata stored with a result: pinned models, inputs, query, versions."""
+    return {
+        "scoring_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "engine": engine,
+        "dialect": dialect,
+        "models": {name: ref.describe() for name, ref in refs.items()},
+        "tables": dict(spec.tables),
+        "query": spec.query,
+        "compiled_sql": sql,
+    }

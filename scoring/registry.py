@@ -1,0 +1,350 @@
+"""Registry: turn a model URI into a pinned, locally cached ONNX file.
+
+Accepted URIs: ``models:/name/version``, ``models:/name@alias``, ``models:/name/latest``,
+``runs:/<run_id>/<path>``, a local ``.onnx`` file and a local MLflow model folder.
+An alias or ``latest`` is resolved to a version here, once, so everything downstream
+(every DuckDB thread, every Spark executor) scores with the same version.
+
+Files land in a content-addressed cache (``<cache>/blobs/<sha256>.onnx``) written with
+an atomic rename, so two jobs sharing the cache never see a torn file. A pinned
+version already cached is used without downloading it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scoring.errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    RegistryUnavailableError,
+    did_you_mean,
+)
+
+log = logging.getLogger(__name__)
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
+_RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model pinned to one immutable file.
+
+    Attributes:
+        uri: The URI as the user wrote it.
+        name: Registered model name (or file stem for a local file).
+        version: Registry version; ``None`` for run artifacts and local files.
+        sha256: Hex digest of the ONNX file.
+        path: The ONNX file in the local cache.
+        pinned_uri: A URI that names exactly this version (``models:/bc/3``).
+        signature: MLflow signature (``{"inputs": [...], "outputs": [...]}``) when logged.
+    """
+
+    uri: str
+    name: str
+    version: str | None
+    sha256: str
+    path: Path
+    pinned_uri: str
+    signature: dict[str, Any] | None = field(default=None, compare=False)
+
+    def signature_columns(self) -> list[str] | None:
+        """Column names of a column-based MLflow input signature, in order."""
+        if not self.signature or not self.signature.get("inputs"):
+            return None
+        names = [spec.get("name") for spec in self.signature["inputs"]]
+        if not names or any(n is None for n in names):
+            return None
+        return [str(n) for n in names]
+
+    def describe(self) -> dict[str, Any]:
+        """What run metadata records about this model."""
+        return {"uri": self.uri, "name": self.name, "version": self.version,
+                "pinned_uri": self.pinned_uri, "sha256": self.sha256}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_mlmodel(folder: Path, uri: str) -> tuple[Path, dict[str, Any] | None]:
+    """Find the ONNX file of an MLflow model folder; refuse other flavors."""
+    import yaml  # shipped with mlflow
+
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.exists():
+        files = sorted(folder.rglob("*.onnx"))
+        if len(files) == 1:
+            return files[0], None
+        raise ModelLoadError(f"model '{uri}': no MLmodel file and no single .onnx file in {folder}")
+    meta = yaml.safe_load(mlmodel.read_text()) or {}
+    flavors = meta.get("flavors") or {}
+    if "onnx" not in flavors:
+        raise ModelLoadError(
+            f"model '{uri}' has flavors {sorted(flavors)}; only the 'onnx' flavor is loaded "
+            "(log it with mlflow.onnx.log_model)"
+        )
+    onnx_file = folder / str(flavors["onnx"].get("data", "model.onnx"))
+    if not onnx_file.is_file():
+        raise ModelLoadError(f"model '{uri}': ONNX file {onnx_file.name} missing from the artifacts")
+    signature = None
+    if meta.get("signature"):
+        signature = {
+            key: json.loads(value) if isinstance(value, str) else value
+            for key, value in meta["signature"].items()
+            if key in ("inputs", "outputs")
+        }
+    return onnx_file, signature
+
+
+class Registry:
+    """Resolves model URIs against one MLflow registry and caches the files.
+
+    Args:
+        tracking_uri: MLflow tracking URI.
+        registry_uri: MLflow registry URI; defaults to ``tracking_uri``.
+        cache_dir: Folder of the content-addressed cache.
+        timeout: Seconds per HTTP request to a remote registry.
+        retries: Retries per HTTP request.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        cache_dir: Path,
+        registry_uri: str | None = None,
+        timeout: int = 30,
+        retries: int = 2,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri or tracking_uri
+        self.cache_dir = Path(cache_dir)
+        # MLflow reads these per request; its defaults retry for minutes, which turns an
+        # unreachable registry into a hung job instead of a retryable exit code.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        self._client: Any = None
+
+    # -- public -------------------------------------------------------------------------------
+
+    def resolve(self, uri: str) -> ModelRef:
+        """Pin ``uri`` to one file in the local cache and return its reference.
+
+        Raises:
+            ModelNotFoundError: the model, version, alias or file does not exist.
+            RegistryUnavailableError: the registry cannot be reached (retryable).
+            ModelLoadError: the artifact is not an ONNX model.
+        """
+        if match := _MODELS_URI.match(uri):
+            return self._resolve_registered(uri, match["name"], match["version"], match["alias"])
+        if match := _RUNS_URI.match(uri):
+            return self._resolve_run(uri, match["run_id"], match["path"])
+        if "://" in uri or uri.startswith(("models:", "runs:")):
+            raise ModelNotFoundError(
+                f"model URI '{uri}' is not understood; expected models:/name/version, "
+                "models:/name@alias, models:/name/latest, runs:/run_id/path or a local .onnx path"
+            )
+        return self._resolve_local(uri)
+
+    # -- registered models --------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        return self._client
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                raise ModelNotFoundError(what) from None
+            if self._unreachable(exc):
+                raise RegistryUnavailableError(
+                    f"model registry at {self.registry_uri} is unreachable while looking up {what}"
+                ) from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(f"{what}: registry answered: {first}") from None
+        except OSError as exc:  # requests' ConnectionError is an OSError
+            raise RegistryUnavailableError(
+                f"model registry at {self.registry_uri} is unreachable ({type(exc).__name__})"
+            ) from None
+
+    def _unreachable(self, exc: Exception) -> bool:
+        text = str(exc)
+        markers = ("Max retries exceeded", "Connection refused", "failed with exception",
+                   "ConnectionError", "Read timed out", "NewConnectionError", "Name or service")
+        return self.registry_uri.startswith(("http://", "https://")) and any(m in text for m in markers)
+
+    def _model_names(self) -> list[str]:
+        try:
+            return [m.name for m in self.client.search_registered_models(max_results=1000)]
+        except Exception:  # suggestions are best effort
+            return []
+
+    def _resolve_registered(
+        self, uri: str, name: str, version: str | None, alias: str | None
+    ) -> ModelRef:
+        registered = self._call_model(name)
+        if alias is not None:
+            aliases = dict(getattr(registered, "aliases", {}) or {})
+            if alias not in aliases:
+                known = ", ".join(sorted(aliases)) or "none"
+                raise ModelNotFoundError(
+                    f"model '{name}' has no alias '{alias}' (aliases: {known})"
+                    + did_you_mean(alias, aliases)
+                )
+            version = str(aliases[alias])
+        elif version is None or version.lower() == "latest":
+            found = self._call(f"versions of model '{name}'", self.client.search_model_versions,
+                               f"name = '{name}'")
+            if not found:
+                raise ModelNotFoundError(f"model '{name}' has no versions")
+            version = str(max(int(v.version) for v in found))
+        elif not version.isdigit():
+            raise ModelNotFoundError(
+                f"model URI '{uri}': version '{version}' is not a number, 'latest' or @alias"
+            )
+        mv = self._get_version(name, version)
+        key = hashlib.sha256(
+            f"{self.registry_uri}|{name}|{version}|{mv.creation_timestamp}".encode()
+        ).hexdigest()[:32]
+        pinned = f"models:/{name}/{version}"
+        cached = self._cached(key)
+        if cached is not None:
+            sha, signature = cached
+            log.info("model %s pinned to %s (sha256 %s, cached)", uri, pinned, sha[:12])
+            return ModelRef(uri, name, version, sha, self._blob(sha), pinned, signature)
+
+        download_uri = self._call(f"model '{pinned}'", self.client.get_model_version_download_uri,
+                                  name, version)
+        ref = self._download(uri, download_uri, name, version, pinned, key)
+        log.info("model %s pinned to %s (sha256 %s, downloaded)", uri, pinned, ref.sha256[:12])
+        return ref
+
+    def _call_model(self, name: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._call(f"model '{name}'", self.client.get_registered_model, name)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"model '{name}' is not registered in {self.registry_uri}"
+                + did_you_mean(name, self._model_names())
+            ) from None
+        except MlflowException:  # pragma: no cover - _call maps every MlflowException
+            raise
+
+    def _get_version(self, name: str, version: str) -> Any:
+        try:
+            return self._call(f"model '{name}' version {version}", self.client.get_model_version,
+                              name, version)
+        except ModelNotFoundError:
+            versions = self._call(f"versions of model '{name}'", self.client.search_model_versions,
+                                  f"name = '{name}'")
+            known = ", ".join(sorted((v.version for v in versions), key=int)) or "none"
+            raise ModelNotFoundError(
+                f"model '{name}' has no version {version} (versions: {known})"
+            ) from None
+
+    # -- run artifacts and local files --------------------------------------------------------
+
+    def _resolve_run(self, uri: str, run_id: str, path: str) -> ModelRef:
+        name = Path(path.rstrip("/")).name
+        pinned = f"runs:/{run_id}/{path}"
+        return self._download(uri, uri, name, None, pinned, key=None)
+
+    def _resolve_local(self, uri: str) -> ModelRef:
+        path = Path(uri).expanduser()
+        if not path.exists():
+            raise ModelNotFoundError(f"model file '{uri}' does not exist")
+        signature = None
+        if path.is_dir():
+            path, signature = _read_mlmodel(path, uri)
+        name = path.stem if path.parent.name != path.stem else path.parent.name
+        sha = _sha256(path)
+        blob = self._store(path, sha)
+        return ModelRef(uri, name, None, sha, blob, str(path.resolve()), signature)
+
+    # -- cache ----------------------------------------------------------------------------------
+
+    def _blob(self, sha: str) -> Path:
+        return self.cache_dir / "blobs" / f"{sha}.onnx"
+
+    def _ref_file(self, key: str) -> Path:
+        return self.cache_dir / "refs" / f"{key}.json"
+
+    def _cached(self, key: str) -> tuple[str, dict[str, Any] | None] | None:
+        try:
+            entry = json.loads(self._ref_file(key).read_text())
+        except (OSError, ValueError):
+            return None
+        if not self._blob(entry["sha256"]).is_file():
+            return None
+        return entry["sha256"], entry.get("signature")
+
+    def _download(
+        self, uri: str, artifact_uri: str, name: str, version: str | None, pinned: str,
+        key: str | None,
+    ) -> ModelRef:
+        import mlflow.artifacts
+
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as tmp:
+            local = self._call(
+                f"artifacts of model '{pinned}'",
+                lambda: mlflow.artifacts.download_artifacts(
+                    artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=self.tracking_uri
+                ),
+            )
+            local_path = Path(local)
+            if local_path.is_dir():
+                onnx_file, signature = _read_mlmodel(local_path, uri)
+            elif local_path.suffix == ".onnx":
+                onnx_file, signature = local_path, None
+            else:
+                raise ModelLoadError(f"model '{uri}': artifact {local_path.name} is not an ONNX model")
+            sha = _sha256(onnx_file)
+            blob = self._store(onnx_file, sha)
+        if key is not None:
+            self._write_ref(key, {"sha256": sha, "signature": signature, "pinned_uri": pinned})
+        return ModelRef(uri, name, version, sha, blob, pinned, signature)
+
+    def _store(self, source: Path, sha: str) -> Path:
+        blob = self._blob(sha)
+        if blob.is_file():
+            return blob
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=".tmp-")
+        os.close(fd)
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, blob)  # atomic: readers see no file or the whole file
+        return blob
+
+    def _write_ref(self, key: str, entry: dict[str, Any]) -> None:
+        ref = self._ref_file(key)
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=ref.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(entry, fh)
+        os.replace(tmp, ref)

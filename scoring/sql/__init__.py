@@ -1,0 +1,1 @@
+"""The SQL front: PREDICT grammar (sqlglot dialect extensions) and tree rewrites."""
