@@ -1,0 +1,118 @@
+"""Fixtures: a real sqlite-backed MLflow registry with real skl2onnx models, DuckDB, Spark."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests import models as M
+
+
+@dataclass
+class Registry:
+    """The test registry: where it lives, and the cases registered in it."""
+
+    tracking_uri: str
+    home: Path
+    cases: dict[str, M.Case]
+    tables: dict[str, Path]
+
+    def env(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "SCORING_HOME": str(self.home)}
+
+
+def _write(frame, path: Path) -> Path:
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A sqlite registry holding: gb v1 (@champion), gb v2 (logistic, @challenger), churn, iris, reg."""
+    import mlflow
+
+    home = tmp_path_factory.mktemp("registry")
+    tracking = f"sqlite:///{home / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking)
+    experiment = mlflow.MlflowClient().create_experiment("tests", artifact_location=(home / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
+    cases = {"gb": M.gradient_boosting(), "churn": M.churn_pipeline(), "iris": M.zipmap_tree(),
+             "reg": M.regressor(), "gb_v2": M.logistic()}
+    M.register(cases["gb"], "gb", aliases=("champion",))
+    M.register(cases["gb_v2"], "gb", aliases=("challenger",))
+    for key in ("churn", "iris", "reg"):
+        M.register(cases[key], key)
+    data = home / "data"
+    data.mkdir()
+    tables = {key: _write(case.frame, data / f"{key}.parquet") for key, case in cases.items() if key != "gb_v2"}
+    yield Registry(tracking, home, cases, tables)
+    mlflow.set_tracking_uri(previous or "")
+
+
+@pytest.fixture()
+def settings(registry: Registry, tmp_path: Path):
+    """Settings pointing at the test registry, with a per-test model cache."""
+    from scoring.settings import Settings
+
+    return Settings(home=registry.home, tracking_uri=registry.tracking_uri, cache_dir=tmp_path / "cache")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 serving its own artifacts; yields its URL.
+
+    The gradient-boosting case is registered through HTTP as ``gb`` (alias ``champion``),
+    so its artifacts travel through the server (``mlflow-artifacts:/``), not the file system.
+    """
+    import mlflow
+
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not become healthy in 90 s")
+    mlflow.set_tracking_uri(url)
+    mlflow.set_experiment("served")
+    M.register(registry.cases["gb"], "gb", aliases=("champion",))
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
