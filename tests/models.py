@@ -109,7 +109,7 @@ def regressor(rows: int = 300, seed: int = 3) -> Case:
     return Case("reg", est, onx, frame, features, signature_frame=frame[features])
 
 
-def logistic(rows: int = 200, seed: int = 4) -> Case:
+def logistic(rows: int = 400) -> Case:
     """A second version of the gradient-boosting model's task: logistic regression."""
     case = gradient_boosting(rows, seed=0)
     est = LogisticRegression(max_iter=500).fit(case.frame[case.features].to_numpy(np.float32), case.frame["label"])
