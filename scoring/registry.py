@@ -262,7 +262,7 @@ class Registry:
         except ModelNotFoundError:
             versions = self._call(f"versions of model '{name}'", self.client.search_model_versions,
                                   f"name = '{name}'")
-            known = ", ".join(sorted((v.version for v in versions), key=int)) or "none"
+            known = ", ".join(sorted((str(v.version) for v in versions), key=int)) or "none"
             raise ModelNotFoundError(
                 f"model '{name}' has no version {version} (versions: {known})"
             ) from None
