@@ -218,6 +218,8 @@ class Model:
                 f"({', '.join(a.name for a in self.arguments)}), got {len(columns)}"
             )
         cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns]
+        for position, (arg, col) in enumerate(zip(self.arguments, cols, strict=True), start=1):
+            self.check_argument(arg, col.type, f"argument {position} ({arg.name})")
         n = len(cols[0]) if cols else 0
         cols, valid = self._apply_null_policy(cols)
         if valid is not None:

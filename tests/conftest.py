@@ -116,3 +116,13 @@ def mlflow_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) 
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def spark_ready():
+    """A session-scoped local[2] SparkSession shared by every Spark test (and the engine)."""
+    from scoring.engines.spark import start_session
+
+    spark = start_session("local[2]", "scoring-tests")
+    yield spark
+    spark.stop()

@@ -1,0 +1,309 @@
+"""Spark engine: models as Arrow UDFs registered for Spark SQL, results as a Parquet folder.
+
+Models reach executors through ``SparkContext.addFile`` (never a driver-local path);
+each Python worker builds one onnxruntime session per model, kept by
+:mod:`scoring.cache`, and reuses it across tasks. The alias was resolved on the
+driver, so every executor scores the file with the pinned sha256. onnxruntime uses
+``spark.task.cpus`` intra-op threads, without spinning, so concurrent tasks do not
+oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from sqlglot import exp
+
+from scoring import types
+from scoring.engines import check_sql_name
+from scoring.errors import (
+    EngineUnavailableError,
+    InputDataError,
+    ModelNotFoundError,
+    OutputError,
+    QueryError,
+    ScoringError,
+    did_you_mean,
+)
+from scoring.model import Model
+from scoring.registry import ModelRef
+from scoring.sql.dialects import read_dialect
+
+MANIFEST = "_scoring.json"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if line.strip() and not line.startswith(("JVM stacktrace", "\tat ")):
+            return line.strip()
+    return type(exc).__name__
+
+
+def ensure_java() -> None:
+    """Fail with the install command when no Java runtime is reachable."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return
+    if shutil.which("java") is None:
+        raise EngineUnavailableError(
+            "the Spark engine needs a Java 17+ runtime: install it (apt-get install openjdk-17-jre-headless) "
+            "or set JAVA_HOME"
+        )
+
+
+def start_session(master: str, app_name: str = "scoring") -> Any:
+    """Start (or get) a SparkSession configured for scoring."""
+    ensure_java()
+    # Executors must run the interpreter that has this package and onnxruntime.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.master(master).appName(app_name)
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=error")
+    )
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:
+        raise EngineUnavailableError(f"Spark could not start ({master}): {_first_line(exc)}") from None
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+class _ShippedModel:
+    """The picklable part of a model UDF: which file to fetch on the executor and how to load it."""
+
+    def __init__(self, ref: ModelRef, threads: int, null: str, file_name: str, rows: Any) -> None:
+        self.ref = replace(ref, path=Path(file_name))
+        self.threads = threads
+        self.null = null
+        self.file_name = file_name
+        self.rows = rows
+
+    def model(self) -> Model:
+        from pyspark import SparkFiles
+
+        from scoring.cache import load_model
+
+        local = replace(self.ref, path=Path(SparkFiles.get(self.file_name)))
+        return load_model(local, self.threads, self.null)  # type: ignore[arg-type]
+
+    def __call__(self, *columns: pa.Array) -> pa.Array:
+        result = self.model().predict(columns)
+        self.rows.add(len(result))
+        return result
+
+
+class SparkEngine:
+    """Run scoring queries on a SparkSession.
+
+    Args:
+        spark: The session to use (embedding), or None to start one on ``master``.
+        master: Spark master URL when the engine starts its own session.
+        resolve: Loads a model named by URI inside a query.
+        null: Null policy applied on the executors.
+    """
+
+    name = "spark"
+    dialect = "spark"
+
+    def __init__(self, spark: Any = None, master: str = "local[2]",
+                 resolve: Callable[[str], Model] | None = None, null: str = "null") -> None:
+        if spark is None:
+            from pyspark.sql import SparkSession
+
+            spark = SparkSession.getActiveSession()
+            self.owned = spark is None
+            self.spark = spark if spark is not None else start_session(master)
+        else:
+            self.owned = False
+            self.spark = spark
+        self.models: dict[str, Model] = {}
+        self.rows: dict[str, Any] = {}
+        self._resolve = resolve
+        self._null = null
+        self._shipped: set[str] = set()
+
+    def register_model(self, name: str, model: Model) -> None:
+        """Register ``model`` as the Spark SQL function ``name`` (an Arrow UDF)."""
+        from pyspark.sql.functions import ArrowUDFType, arrow_udf
+
+        check_sql_name(name, "model")
+        sc = self.spark.sparkContext
+        file_name = f"{model.ref.sha256}.onnx"
+        if file_name not in self._shipped:
+            staged = Path(model.ref.path)
+            if staged.name != file_name:  # addFile ships by base name: make it content-addressed
+                staged = Path(tempfile.mkdtemp(prefix="scoring-")) / file_name
+                shutil.copyfile(model.ref.path, staged)
+            with contextlib.suppress(Exception):  # already added in this SparkContext
+                sc.addFile(str(staged))
+            self._shipped.add(file_name)
+        threads = int(self.spark.conf.get("spark.task.cpus", "1") or 1)
+        rows = sc.accumulator(0)
+        shipped = _ShippedModel(model.ref, threads, self._null, file_name, rows)
+        udf = arrow_udf(shipped, types.spark_type(model.output_type), ArrowUDFType.SCALAR)
+        # Nondeterministic keeps Spark from duplicating the call per struct field or into a
+        # pushed-down filter: each row reaches the model once.
+        self.spark.udf.register(name, udf.asNondeterministic())
+        self.models[name] = model
+        self.rows[name] = rows
+
+    def register_table(self, name: str, path: str) -> None:
+        """Expose Parquet at ``path`` (file, folder or glob) as a temporary view."""
+        check_sql_name(name, "table")
+        if not any(ch in path for ch in "*?[") and not Path(path).exists():
+            raise InputDataError(f"table '{name}': no Parquet file or folder at '{path}'")
+        try:
+            self.spark.read.parquet(path).createOrReplaceTempView(name)
+        except Exception as exc:
+            raise InputDataError(f"table '{name}': cannot read Parquet at '{path}': {_first_line(exc)}") from None
+
+    def function(self, model: str) -> tuple[str, Model]:
+        """SQL function for a bound model name or a registry URI (registered on first use)."""
+        for bound, loaded in self.models.items():
+            if bound.lower() == model.lower():
+                return bound, loaded
+        if self._resolve is not None and (":" in model or model.endswith(".onnx")):
+            loaded = self._resolve(model)
+            fn = "__scoring_" + re.sub(r"\W", "_", model)
+            self.register_model(fn, loaded)
+            return fn, loaded
+        raise ModelNotFoundError(
+            f"model '{model}' is not bound; bind it with --model {model}=URI or name a registry URI"
+            + did_you_mean(model, self.models)
+        )
+
+    def schema(self, relation: exp.Expr) -> pa.Schema:
+        """Arrow schema of a table or subquery, from Spark's analyzer (no rows scanned)."""
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        dialect = read_dialect("spark")
+        sql = relation.this.sql(dialect=dialect) if isinstance(relation, exp.Subquery) \
+            else exp.select("*").from_(relation).sql(dialect=dialect)
+        try:
+            return to_arrow_schema(self.spark.sql(sql).schema)
+        except Exception as exc:
+            raise _query_error(exc) from None
+
+    def dataframe(self, sql: str) -> Any:
+        """The DataFrame of a compiled query (analysis errors raised as typed errors)."""
+        try:
+            return self.spark.sql(sql)
+        except Exception as exc:
+            raise _query_error(exc) from None
+
+    def close(self) -> None:
+        """Stop the session if the engine started it."""
+        if self.owned:
+            self.spark.stop()
+
+
+def _query_error(exc: BaseException) -> ScoringError:
+    message = _first_line(exc)
+    if "TABLE_OR_VIEW_NOT_FOUND" in message:
+        return InputDataError(message)
+    return QueryError(message)
+
+
+def _scoring_error_in(exc: BaseException) -> ScoringError | None:
+    """Executors raise our typed errors inside a Java stack trace; find them again by name."""
+    text = str(exc)
+    import scoring.errors as errors
+
+    for match in re.finditer(r"scoring\.errors\.(\w+): (.+)", text):
+        cls = getattr(errors, match[1], None)
+        if isinstance(cls, type) and issubclass(cls, ScoringError):
+            return cls(match[2].strip())
+    for match in re.finditer(r"\b(\w+Error): (model '.+)", text):
+        cls = getattr(errors, match[1], None)
+        if isinstance(cls, type) and issubclass(cls, ScoringError):
+            return cls(match[2].strip())
+    return None
+
+
+def write_folder(df: Any, output: Path, metadata: dict[str, Any], mode: str, compression: str,
+                 partition_by: list[str] | None = None) -> int:
+    """Write ``df`` as a Parquet folder, then publish it at ``output`` by renaming.
+
+    The parts are written under a hidden temporary folder beside ``output``; the
+    manifest (``_scoring.json``, ignored by Parquet readers) carries the run metadata.
+    Returns the number of rows, read from the Parquet footers (no second pass over data).
+    """
+    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        writer = df.write.mode("error").option("compression", compression)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        try:
+            writer.parquet(str(tmp))
+        except Exception as exc:
+            raise _scoring_error_in(exc) or QueryError(_first_line(exc)) from None
+        rows = ds.dataset(tmp, format="parquet", partitioning="hive" if partition_by else None).count_rows()
+        (tmp / MANIFEST).write_text(json.dumps({**metadata, "rows": rows}, indent=2))
+        _publish(tmp, output, mode)
+        return rows
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, output: Path, mode: str) -> None:
+    if output.exists():
+        if mode == "error":
+            raise OutputError(f"output '{output}' appeared while the job ran and --mode is 'error'")
+        old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(output, old)  # readers see the old folder, then the new one; never a mix
+        try:
+            os.replace(tmp, output)
+        except OSError:
+            os.replace(old, output)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            os.replace(tmp, output)
+        except OSError as exc:
+            raise OutputError(f"output '{output}' cannot be published: {exc.strerror}") from None
+
+
+def run_spark_job(spec: Any, settings: Any, models: dict[str, Model], resolve: Callable[[str], Model],
+                  refs: dict[str, ModelRef], started: float) -> Any:
+    """The Spark half of :func:`scoring.job.run_job`."""
+    from scoring.job import JobResult, run_metadata
+    from scoring.sql.compile import compile_query
+
+    engine = SparkEngine(master=settings.spark_master, resolve=resolve, null=settings.null)
+    try:
+        for name, path in spec.tables.items():
+            engine.register_table(name, path)
+        for name, model in models.items():
+            engine.register_model(name, model)
+        dialect = spec.dialect or settings.dialect or engine.dialect
+        sql = compile_query(spec.query, dialect, engine.dialect, engine)
+        df = engine.dataframe(sql)
+        metadata = run_metadata(spec, refs, engine.name, dialect, sql)
+        rows = write_folder(df, Path(spec.output), metadata, settings.mode, settings.compression,
+                            getattr(spec, "partition_by", None))
+        scored = {name: int(acc.value) for name, acc in engine.rows.items() if name in models}
+    finally:
+        engine.close()
+    return JobResult(Path(spec.output), rows, time.perf_counter() - started, refs, scored, sql)
