@@ -1,0 +1,72 @@
+"""A job killed or stopped mid-write never leaves a torn file at the output path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scoring.errors import ExitCode
+
+
+@pytest.fixture(scope="module")
+def big_table(registry, tmp_path_factory) -> Path:
+    """The gradient-boosting rows repeated to 3M rows: long enough to interrupt mid-write."""
+    base = pa.Table.from_pandas(registry.cases["gb"].frame, preserve_index=False)
+    path = tmp_path_factory.mktemp("big") / "big.parquet"
+    with pq.ParquetWriter(path, base.schema) as writer:
+        for _ in range(3_000_000 // base.num_rows):
+            writer.write_table(base)
+    return path
+
+
+def _job(registry, table: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, **registry.env(), "SCORING_CACHE_DIR": str(tmp_path / "cache"),
+           "SCORING_ROW_GROUP_ROWS": "16384", "SCORING_THREADS": "1"}
+    cmd = [sys.executable, "-m", "scoring.cli", "run", "--model", "gb=models:/gb/1", "--table", f"t={table}",
+           "--query", "SELECT id, gb(f0, f1, f2, f3, f4, f5) AS s FROM t", "--output", str(out)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_partial(out: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        partial = [p for p in out.parent.glob(f".{out.name}.tmp-*") if p.stat().st_size > 0]
+        if partial:
+            return partial[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the job never started writing")
+
+
+def _previous_result(registry, out: Path, tmp_path: Path) -> bytes:
+    proc = _job(registry, registry.tables["gb"], out, tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_job_leaves_the_previous_result(registry, big_table, tmp_path, sig):
+    out = tmp_path / "out" / "scored.parquet"
+    previous = _previous_result(registry, out, tmp_path)
+    proc = _job(registry, big_table, out, tmp_path)
+    _wait_for_partial(out, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert out.read_bytes() == previous
+    assert pq.read_table(out).num_rows == len(registry.cases["gb"].frame)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == ExitCode.TERMINATED, err
+        assert "stopped by SIGTERM; nothing was published" in err
+        assert "Traceback" not in err
+        assert sorted(p.name for p in out.parent.iterdir()) == ["scored.parquet"]  # temp file removed
+    else:
+        assert proc.returncode == -signal.SIGKILL

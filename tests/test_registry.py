@@ -1,0 +1,73 @@
+"""The registry path: HTTP server, content-addressed cache, run artifacts, local files, inspect."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from scoring.cli import main
+from scoring.errors import ScoringError
+from scoring.registry import Registry
+from tests.engines import score
+
+
+def test_models_from_a_real_mlflow_server(registry, settings, mlflow_server, tmp_path):
+    served = settings.model_copy(update={"tracking_uri": mlflow_server})
+    table, result = score(served, "duckdb",
+                          "SELECT d.id, p.label FROM PREDICT(MODEL = 'gb', DATA = t AS d) WITH (label BIGINT) AS p",
+                          {"gb": "models:/gb@champion"}, {"t": registry.tables["gb"]}, tmp_path / "out", dialect="tsql")
+    assert result.models["gb"].pinned_uri == "models:/gb/1"
+    order = np.argsort(table.column("id").to_numpy())
+    np.testing.assert_array_equal(table.column("label").to_numpy()[order], registry.cases["gb"].expected_label())
+
+
+def test_pinned_version_is_served_from_the_cache(registry, tmp_path):
+    uri = f"sqlite:///{registry.home / 'mlflow.db'}"
+    first = Registry(uri, tmp_path / "cache").resolve("models:/gb@champion")
+    assert first.path.is_file() and first.path.name == f"{first.sha256}.onnx"
+    # With the artifact store gone, a cached pin still resolves and an uncached one cannot.
+    artifacts, moved = registry.home / "artifacts", tmp_path / "artifacts-moved"
+    shutil.move(artifacts, moved)
+    try:
+        second = Registry(uri, tmp_path / "cache").resolve("models:/gb/1")
+        with pytest.raises(ScoringError):
+            Registry(uri, tmp_path / "empty-cache").resolve("models:/gb/1")
+    finally:
+        shutil.move(moved, artifacts)
+    assert second.sha256 == first.sha256 and second.path == first.path
+
+
+def test_run_artifact_and_local_file(registry, settings, tmp_path):
+    reg = Registry(registry.tracking_uri, tmp_path / "cache")
+    pinned = reg.resolve("models:/reg/1")
+    import mlflow
+
+    run_id = mlflow.MlflowClient(registry.tracking_uri).get_model_version("reg", "1").run_id
+    by_run = reg.resolve(f"runs:/{run_id}/model")
+    assert by_run.sha256 == pinned.sha256 and by_run.version is None
+    local = tmp_path / "reg.onnx"
+    shutil.copy(pinned.path, local)
+    case = registry.cases["reg"]
+    table, result = score(settings, "duckdb", f"SELECT reg({', '.join(case.features)}) AS y FROM r",
+                          {"reg": str(local)}, {"r": registry.tables["reg"]}, tmp_path / "out")
+    assert result.models["reg"].sha256 == pinned.sha256
+    np.testing.assert_allclose(table.column("y").to_numpy(),
+                               case.estimator.predict(case.frame[case.features].to_numpy(np.float32)),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_inspect_shows_binding_and_types(registry, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("SCORING_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["models", "inspect", "models:/gb@champion", "--tracking-uri", registry.tracking_uri]) == 0
+    text = capsys.readouterr().out
+    assert "models:/gb/1" in text
+    assert "features: tensor(float) ['N', 6]" in text
+    assert "1. f0 (float)" in text and "6. f5 (float)" in text
+    assert 'STRUCT("label" BIGINT, "probability" FLOAT[])' in text
+    assert main(["models", "inspect", "models:/churn/1", "--json", "--tracking-uri", registry.tracking_uri]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert [a["column"] for a in described["arguments"]] == ["plan", "region", "tenure", "monthly_spend"]
+    assert described["arguments"][0]["type"] == "string"
