@@ -127,3 +127,38 @@ def test_model_uri_inside_the_query(registry, settings, tmp_path):
                      "SELECT p.label FROM PREDICT(MODEL = 'models:/gb/2', DATA = t AS d) WITH (label INT) AS p",
                      {}, {"t": registry.tables["gb"]}, tmp_path / "out", dialect="tsql")
     np.testing.assert_array_equal(table.column("label").to_numpy(), case.expected_label())
+
+
+@pytest.fixture(scope="module")
+def gb_with_nulls(registry, tmp_path_factory):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = registry.cases["gb"].frame.copy()
+    frame.loc[[3, 250], "f2"] = None
+    path = tmp_path_factory.mktemp("nulls") / "nulls.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    return path
+
+
+def test_null_input_gives_null_outputs_for_that_row_only(registry, settings, engine, gb_with_nulls, tmp_path):
+    case = registry.cases["gb"]
+    table, result = score(settings, engine, "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t",
+                          {"gb": "models:/gb/1"}, {"t": gb_with_nulls}, tmp_path / "out")
+    table = by_key(table, "id")
+    labels = table.column("label").to_pylist()
+    assert labels[3] is None and labels[250] is None
+    keep = [i for i in range(len(labels)) if i not in (3, 250)]
+    np.testing.assert_array_equal(np.array(labels, dtype=object)[keep].astype(int), case.expected_label()[keep])
+    if engine == "duckdb":
+        assert result.rows_scored["gb"] == len(labels) - 2
+
+
+def test_null_as_nan_reaches_the_model(registry, settings, engine, gb_with_nulls, tmp_path):
+    table, _ = score(settings, engine, "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t",
+                     {"gb": "models:/gb/1"}, {"t": gb_with_nulls}, tmp_path / "out", null="nan")
+    labels = by_key(table, "id").column("label").to_pylist()
+    assert labels[3] is not None and labels[250] is not None  # scored with NaN, not skipped
+    keep = [i for i in range(len(labels)) if i not in (3, 250)]
+    # scikit-learn's GradientBoostingClassifier refuses NaN, so only the other rows have a reference
+    np.testing.assert_array_equal(np.array(labels)[keep], registry.cases["gb"].expected_label()[keep])

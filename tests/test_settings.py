@@ -1,0 +1,31 @@
+"""Settings: every field documented in the README, environment and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scoring.errors import ConfigError
+from scoring.settings import Settings, load_settings, settings_markdown
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def test_every_setting_is_documented_in_the_readme():
+    text = README.read_text()
+    missing = [name for name in Settings.model_fields if f"`SCORING_{name.upper()}`" not in text]
+    assert missing == []
+    for line in settings_markdown().splitlines()[2:]:
+        assert line in text, f"README settings table is stale: {line}"
+
+
+def test_mlflow_tracking_uri_is_honoured(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert load_settings().resolved_tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_invalid_setting_names_the_field(monkeypatch):
+    monkeypatch.setenv("SCORING_NULL", "zero")
+    with pytest.raises(ConfigError, match=r"setting 'null': .*'zero'"):
+        load_settings()
