@@ -17,10 +17,18 @@ QUERIES = {
 }
 
 
+@pytest.fixture(params=["duckdb", pytest.param("spark", marks=pytest.mark.spark)])
+def engine(request):
+    if request.param == "spark":
+        request.getfixturevalue("spark_ready")
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(QUERIES))
-def test_each_row_is_scored_once(registry, settings, tmp_path, name):
+def test_each_row_is_scored_once(registry, settings, tmp_path, name, engine):
+    """DuckDB counts in the model's own counter; Spark in an accumulator fed by every UDF call."""
     cache.clear()  # fresh counters for this model
     dialect = "bigquery" if name == "bigquery" else "tsql"
-    _, result = score(settings, "duckdb", QUERIES[name], {"gb": "models:/gb/1"},
+    _, result = score(settings, engine, QUERIES[name], {"gb": "models:/gb/1"},
                       {"t": registry.tables["gb"]}, tmp_path / "out", dialect=dialect)
     assert result.rows_scored["gb"] == len(registry.cases["gb"].frame)
