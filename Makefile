@@ -29,8 +29,14 @@ lint: setup
 	$(BIN)/ruff check scoring tests sql
 	$(BIN)/ruff format --check scoring tests sql
 	$(BIN)/mypy scoring
+	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 check: lint test
+
+# Benchmark (figures and ratios, no pass/fail): data, models and registry cached in .scoring/bench.
+# Flags: make bench BENCH_ARGS="--rows 200000 --no-spark"; see tests/bench/bench.py --help.
+bench: setup
+	$(BIN)/python tests/bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .scoring out data build dist *.egg-info

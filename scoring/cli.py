@@ -7,6 +7,7 @@ stderr (``scoring: error: ...``); ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -14,11 +15,14 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scoring import __version__
 from scoring.errors import ConfigError, ExitCode, JobInterrupted, ScoringError
 from scoring.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from scoring.job import JobSpec
 
 log = logging.getLogger("scoring")
 
@@ -50,15 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dialect", help="dialect the query is written in: duckdb, tsql, bigquery, spark, ...")
     run.add_argument("--model", action="append", metavar="NAME=URI", help="bind a SQL model name to a registry URI")
     run.add_argument("--table", action="append", metavar="NAME=PATH", help="bind a table name to Parquet (file, folder, glob)")
-    query = run.add_mutually_exclusive_group(required=True)
+    run.add_argument("--job", type=Path, metavar="FILE",
+                     help="TOML job file (models, tables, query, output); flags and SCORING_* variables win over it")
+    # Required unless --job gives them: main() checks, with argparse's own messages.
+    query = run.add_mutually_exclusive_group()
     query.add_argument("--query", help="the SQL query")
     query.add_argument("--sql", type=Path, metavar="FILE", help="a file holding the SQL query")
-    run.add_argument("--output", type=Path, required=True, help="Parquet file to publish atomically")
+    run.add_argument("--output", type=Path, help="Parquet file to publish atomically")
     run.add_argument("--mode", choices=["overwrite", "error"], help=_help("mode"))
     run.add_argument("--null", choices=["null", "nan", "error"], help=_help("null"))
     run.add_argument("--threads", type=int, help=_help("threads"))
     run.add_argument("--ort-threads", type=int, help=_help("ort_threads"))
     _common(run)
+    run.set_defaults(run_parser=run)
 
     models = sub.add_parser("models", help="inspect models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -92,7 +100,7 @@ def _setup_logging(settings: Settings) -> None:
     root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
     root.propagate = False
     # MLflow and py4j chatter is not the job's output.
-    for noisy in ("mlflow", "alembic", "py4j", "urllib3"):
+    for noisy in ("mlflow", "alembic", "py4j", "urllib3", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
@@ -100,18 +108,50 @@ def _raise_on_signal(signum: int, frame: Any) -> None:
     raise JobInterrupted(signum)
 
 
-def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from scoring.job import JobSpec, run_job
+def _require_without_job(args: argparse.Namespace) -> None:
+    """Without --job, --output and one of --query/--sql are required, as they always were."""
+    if args.job is not None:
+        return
+    if args.output is None:
+        args.run_parser.error("the following arguments are required: --output")
+    if args.query is None and args.sql is None:
+        args.run_parser.error("one of the arguments --query --sql is required")
 
+
+def _load_job(args: argparse.Namespace) -> tuple[JobSpec | None, dict[str, Any]]:
+    """The --job file with the flags over it, and the settings it supplies; (None, {}) without --job."""
+    if getattr(args, "job", None) is None:
+        return None, {}
+    from scoring.jobfile import load_job
+
+    flags: dict[str, Any] = {}
+    for key, values, flag in (("models", args.model, "--model"), ("tables", args.table, "--table")):
+        if values:  # an empty map would hide a malformed one in the file
+            flags[key] = _pairs(values, flag)
+    if args.query is not None or args.sql is not None:
+        flags["query"] = _query(args)
+    if args.output is not None:
+        flags["output"] = {"path": str(args.output)}
+    return load_job(args.job, flags)
+
+
+def _query(args: argparse.Namespace) -> str:
     if args.sql is not None:
         try:
-            query = args.sql.read_text()
+            return args.sql.read_text()  # type: ignore[no-any-return]
         except OSError as exc:
             raise ConfigError(f"--sql file '{args.sql}' cannot be read: {exc.strerror}") from None
+    return args.query  # type: ignore[no-any-return]
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None = None) -> int:
+    from scoring.job import JobSpec, run_job
+
+    if job is not None:
+        spec = dataclasses.replace(job, dialect=args.dialect)
     else:
-        query = args.query
-    spec = JobSpec(models=_pairs(args.model, "--model"), tables=_pairs(args.table, "--table"),
-                   query=query, output=args.output, dialect=args.dialect)
+        spec = JobSpec(models=_pairs(args.model, "--model"), tables=_pairs(args.table, "--table"),
+                       query=_query(args), output=args.output, dialect=args.dialect)
     result = run_job(spec, settings)
     summary = {
         "output": str(result.output), "rows": result.rows, "seconds": round(result.seconds, 3),
@@ -143,20 +183,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scoring`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        _require_without_job(args)
     debug = bool(getattr(args, "debug", False))
     try:
-        settings = load_settings(
+        job, job_settings = _load_job(args)
+        flags = dict(
             engine=getattr(args, "engine", None), mode=getattr(args, "mode", None),
             null=getattr(args, "null", None), threads=getattr(args, "threads", None),
             ort_threads=getattr(args, "ort_threads", None), tracking_uri=args.tracking_uri,
             log_format=args.log_format, debug=args.debug,
         )
+        # Flags over the job file's settings (load_settings puts both over the environment).
+        settings = load_settings(**{**job_settings, **{k: v for k, v in flags.items() if v is not None}})
         debug = settings.debug
         _setup_logging(settings)
         signal.signal(signal.SIGTERM, _raise_on_signal)
         signal.signal(signal.SIGINT, _raise_on_signal)
         if args.command == "run":
-            return _cmd_run(args, settings)
+            return _cmd_run(args, settings, job)
         return _cmd_inspect(args, settings)
     except ScoringError as exc:
         if debug:

@@ -12,7 +12,7 @@ from typing import Any
 
 from scoring import __version__
 from scoring.cache import default_threads, load_model
-from scoring.engines import check_sql_name
+from scoring.engines import check_sql_name, check_table_path
 from scoring.errors import ScoringError
 from scoring.model import Model
 from scoring.registry import ModelRef, Registry
@@ -77,8 +77,8 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
     check_target(output, settings.mode, folder=settings.engine == "spark")
     for name in spec.models:
         check_sql_name(name, "model")
-    for name in spec.tables:
-        check_sql_name(name, "table")
+    for name, path in spec.tables.items():
+        check_table_path(name, path)
 
     registry = registry_for(settings)
     engine_threads = settings.threads or default_threads()

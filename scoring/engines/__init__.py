@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from scoring.errors import ConfigError
+from pathlib import Path
+
+from scoring.errors import ConfigError, InputDataError
 from scoring.model import Model
 
 _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -22,6 +24,13 @@ def check_sql_name(name: str, what: str) -> str:
             f"{what} name '{name}' is not a plain SQL identifier (letters, digits, underscore)"
         )
     return name
+
+
+def check_table_path(name: str, path: str) -> None:
+    """Fail before any engine starts if the Parquet source of table ``name`` is missing."""
+    check_sql_name(name, "table")
+    if not any(ch in path for ch in "*?[") and not Path(path).exists():
+        raise InputDataError(f"table '{name}': no Parquet file or folder at '{path}'")
 
 
 class Engine(Protocol):

@@ -13,7 +13,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from scoring import types
-from scoring.engines import check_sql_name
+from scoring.engines import check_sql_name, check_table_path
 from scoring.errors import InputDataError, QueryError, ScoringError
 from scoring.model import Model
 from scoring.sql.dialects import read_dialect
@@ -89,11 +89,9 @@ class DuckDBEngine:
 
     def register_table(self, name: str, path: str) -> None:
         """Expose Parquet at ``path`` (a file, a folder of files, or a glob) as a view."""
-        check_sql_name(name, "table")
+        check_table_path(name, path)
         source = Path(path)
         pattern = str(source / "**" / "*.parquet") if source.is_dir() else path
-        if not any(ch in path for ch in "*?[") and not source.exists():
-            raise InputDataError(f"table '{name}': no Parquet file or folder at '{path}'")
         try:
             self.con.read_parquet(pattern, hive_partitioning=source.is_dir()).create_view(name)
         except duckdb.Error as exc:

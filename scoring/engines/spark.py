@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,7 +20,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import pyarrow.dataset as ds
 from sqlglot import exp
 
 from scoring import types
-from scoring.engines import check_sql_name
+from scoring.engines import check_sql_name, check_table_path
 from scoring.errors import (
     EngineUnavailableError,
     InputDataError,
@@ -66,26 +68,74 @@ def ensure_java() -> None:
         )
 
 
-def start_session(master: str, app_name: str = "scoring") -> Any:
-    """Start (or get) a SparkSession configured for scoring."""
+@contextlib.contextmanager
+def _jvm_output_to(log: Path | None) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``log`` while the JVM starts, so it inherits them.
+
+    The JVM writes start-up chatter (module warnings, log4j banners) straight to the
+    descriptors it inherits; a job's stderr is kept for the job's own one-line messages.
+    """
+    if log is None:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, target):
+            os.close(fd)
+
+
+def start_session(master: str, app_name: str = "scoring", jvm_log: Path | None = None) -> Any:
+    """Start (or get) a SparkSession configured for scoring.
+
+    Args:
+        master: Spark master URL.
+        app_name: Application name shown by the cluster manager.
+        jvm_log: File that receives the JVM's own output (None: inherit stdout/stderr).
+    """
     ensure_java()
     # Executors must run the interpreter that has this package and onnxruntime.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # A local master needs no other interface; this also silences Spark's hostname warning.
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
     from pyspark.sql import SparkSession
+
+    log4j = Path(__file__).with_name("log4j2.properties")
+    java_options = f"-Dlog4j2.configurationFile={log4j.as_uri()}"
 
     builder = (
         SparkSession.builder.master(master).appName(app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=error")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.extraJavaOptions", java_options)
+        .config("spark.executor.extraJavaOptions", java_options)
     )
     try:
-        spark = builder.getOrCreate()
+        with _jvm_output_to(jvm_log):
+            spark = builder.getOrCreate()
     except Exception as exc:
         raise EngineUnavailableError(f"Spark could not start ({master}): {_first_line(exc)}") from None
     spark.sparkContext.setLogLevel("ERROR")
+    # PySpark logs every analysis error with its JVM stack trace as JSON on stderr; the job
+    # reports the error itself, in one line.
+    from pyspark.logger import PySparkLogger
+
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
     return spark
 
 
@@ -127,13 +177,14 @@ class SparkEngine:
     dialect = "spark"
 
     def __init__(self, spark: Any = None, master: str = "local[2]",
-                 resolve: Callable[[str], Model] | None = None, null: str = "null") -> None:
+                 resolve: Callable[[str], Model] | None = None, null: str = "null",
+                 jvm_log: Path | None = None) -> None:
         if spark is None:
             from pyspark.sql import SparkSession
 
             spark = SparkSession.getActiveSession()
             self.owned = spark is None
-            self.spark = spark if spark is not None else start_session(master)
+            self.spark = spark if spark is not None else start_session(master, jvm_log=jvm_log)
         else:
             self.owned = False
             self.spark = spark
@@ -161,7 +212,9 @@ class SparkEngine:
         threads = int(self.spark.conf.get("spark.task.cpus", "1") or 1)
         rows = sc.accumulator(0)
         shipped = _ShippedModel(model.ref, threads, self._null, file_name, rows)
-        udf = arrow_udf(shipped, types.spark_type(model.output_type), ArrowUDFType.SCALAR)
+        with warnings.catch_warnings():  # the callable has no type hints to infer the UDF kind from
+            warnings.simplefilter("ignore", UserWarning)
+            udf = arrow_udf(shipped, types.spark_type(model.output_type), ArrowUDFType.SCALAR)
         # Nondeterministic keeps Spark from duplicating the call per struct field or into a
         # pushed-down filter: each row reaches the model once.
         self.spark.udf.register(name, udf.asNondeterministic())
@@ -170,9 +223,7 @@ class SparkEngine:
 
     def register_table(self, name: str, path: str) -> None:
         """Expose Parquet at ``path`` (file, folder or glob) as a temporary view."""
-        check_sql_name(name, "table")
-        if not any(ch in path for ch in "*?[") and not Path(path).exists():
-            raise InputDataError(f"table '{name}': no Parquet file or folder at '{path}'")
+        check_table_path(name, path)
         try:
             self.spark.read.parquet(path).createOrReplaceTempView(name)
         except Exception as exc:
@@ -291,7 +342,8 @@ def run_spark_job(spec: Any, settings: Any, models: dict[str, Model], resolve: C
     from scoring.job import JobResult, run_metadata
     from scoring.sql.compile import compile_query
 
-    engine = SparkEngine(master=settings.spark_master, resolve=resolve, null=settings.null)
+    engine = SparkEngine(master=settings.spark_master, resolve=resolve, null=settings.null,
+                         jvm_log=Path(settings.home) / "logs" / "spark.log")
     try:
         for name, path in spec.tables.items():
             engine.register_table(name, path)
