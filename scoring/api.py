@@ -70,6 +70,11 @@ def enrich(
     Extra keyword arguments are settings (``mode="error"``, ``null="nan"``, ``tracking_uri=...``).
     """
     job_settings = load_settings(engine=engine, **settings)
-    spec = JobSpec(models=dict(models), tables={k: str(v) for k, v in tables.items()}, query=query,
-                   output=Path(output), dialect=dialect)
+    spec = JobSpec(
+        models=dict(models),
+        tables={k: str(v) for k, v in tables.items()},
+        query=query,
+        output=Path(output),
+        dialect=dialect,
+    )
     return run_job(spec, job_settings)

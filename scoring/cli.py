@@ -53,9 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=["duckdb", "spark"], help=_help("engine"))
     run.add_argument("--dialect", help="dialect the query is written in: duckdb, tsql, bigquery, spark, ...")
     run.add_argument("--model", action="append", metavar="NAME=URI", help="bind a SQL model name to a registry URI")
-    run.add_argument("--table", action="append", metavar="NAME=PATH", help="bind a table name to Parquet (file, folder, glob)")
-    run.add_argument("--job", type=Path, metavar="FILE",
-                     help="TOML job file (models, tables, query, output); flags and SCORING_* variables win over it")
+    run.add_argument(
+        "--table", action="append", metavar="NAME=PATH", help="bind a table name to Parquet (file, folder, glob)"
+    )
+    run.add_argument(
+        "--job",
+        type=Path,
+        metavar="FILE",
+        help="TOML job file (models, tables, query, output); flags and SCORING_* variables win over it",
+    )
     # Required unless --job gives them: main() checks, with argparse's own messages.
     query = run.add_mutually_exclusive_group()
     query.add_argument("--query", help="the SQL query")
@@ -85,8 +91,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
-                           "logger": record.name, "message": record.getMessage()})
+        return json.dumps(
+            {
+                "time": self.formatTime(record),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        )
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -150,24 +162,36 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None =
     if job is not None:
         spec = dataclasses.replace(job, dialect=args.dialect)
     else:
-        spec = JobSpec(models=_pairs(args.model, "--model"), tables=_pairs(args.table, "--table"),
-                       query=_query(args), output=args.output, dialect=args.dialect)
+        spec = JobSpec(
+            models=_pairs(args.model, "--model"),
+            tables=_pairs(args.table, "--table"),
+            query=_query(args),
+            output=args.output,
+            dialect=args.dialect,
+        )
     result = run_job(spec, settings)
+    models: dict[str, dict[str, Any]] = {
+        name: {"pinned_uri": ref.pinned_uri, "sha256": ref.sha256, "rows_scored": result.rows_scored.get(name, 0)}
+        for name, ref in result.models.items()
+    }
     summary = {
-        "output": str(result.output), "rows": result.rows, "seconds": round(result.seconds, 3),
+        "output": str(result.output),
+        "rows": result.rows,
+        "seconds": round(result.seconds, 3),
         "rows_per_second": round(result.rows_per_second),
-        "models": {name: {"pinned_uri": ref.pinned_uri, "sha256": ref.sha256,
-                          "rows_scored": result.rows_scored.get(name, 0)}
-                   for name, ref in result.models.items()},
+        "models": models,
     }
     if settings.log_format == "json":
         print(json.dumps(summary))
     else:
-        for name, info in summary["models"].items():  # type: ignore[union-attr]
-            print(f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, "
-                  f"{info['rows_scored']:,} rows scored")
-        print(f"wrote {result.rows:,} rows to {result.output} in {result.seconds:.2f} s "
-              f"({result.rows_per_second:,.0f} rows/s)")
+        for name, info in models.items():
+            print(
+                f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, {info['rows_scored']:,} rows scored"
+            )
+        print(
+            f"wrote {result.rows:,} rows to {result.output} in {result.seconds:.2f} s "
+            f"({result.rows_per_second:,.0f} rows/s)"
+        )
     return ExitCode.OK
 
 
@@ -189,10 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         job, job_settings = _load_job(args)
         flags = dict(
-            engine=getattr(args, "engine", None), mode=getattr(args, "mode", None),
-            null=getattr(args, "null", None), threads=getattr(args, "threads", None),
-            ort_threads=getattr(args, "ort_threads", None), tracking_uri=args.tracking_uri,
-            log_format=args.log_format, debug=args.debug,
+            engine=getattr(args, "engine", None),
+            mode=getattr(args, "mode", None),
+            null=getattr(args, "null", None),
+            threads=getattr(args, "threads", None),
+            ort_threads=getattr(args, "ort_threads", None),
+            tracking_uri=args.tracking_uri,
+            log_format=args.log_format,
+            debug=args.debug,
         )
         # Flags over the job file's settings (load_settings puts both over the environment).
         settings = load_settings(**{**job_settings, **{k: v for k, v in flags.items() if v is not None}})
@@ -212,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         first = (str(exc).strip().splitlines() or [""])[0]
-        print(f"scoring: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
-              file=sys.stderr)
+        print(
+            f"scoring: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)", file=sys.stderr
+        )
         return ExitCode.INTERNAL
 
 

@@ -20,12 +20,22 @@ def describe_model(uri: str, settings: Settings) -> dict[str, Any]:
         "name": ref.name,
         "version": ref.version,
         "sha256": ref.sha256,
-        "inputs": [{"name": t.name, "type": t.onnx_type, "shape": [d if isinstance(d, int) else "N" for d in t.shape]}
-                   for t in model.inputs],
-        "outputs": [{"name": o.name, "kind": o.kind, "duckdb_type": types.duckdb_type(o.arrow_type),
-                     "spark_type": types.spark_type(o.arrow_type)} for o in model.outputs],
+        "inputs": [
+            {"name": t.name, "type": t.onnx_type, "shape": [d if isinstance(d, int) else "N" for d in t.shape]}
+            for t in model.inputs
+        ],
+        "outputs": [
+            {
+                "name": o.name,
+                "kind": o.kind,
+                "duckdb_type": types.duckdb_type(o.arrow_type),
+                "spark_type": types.spark_type(o.arrow_type),
+            }
+            for o in model.outputs
+        ],
         "signature": ref.signature,
-        "binding": "one [N, F] input fed by these columns, in order" if model.matrix
+        "binding": "one [N, F] input fed by these columns, in order"
+        if model.matrix
         else "one input per column, bound by name",
         "arguments": [{"column": a.name, "type": types.onnx_element(a.onnx_type)} for a in model.arguments],
         "returns": {"duckdb": types.duckdb_type(model.output_type), "spark": types.spark_type(model.output_type)},

@@ -54,8 +54,10 @@ class JobResult:
 def registry_for(settings: Settings) -> Registry:
     """The registry the settings point at."""
     return Registry(
-        settings.resolved_tracking_uri(), settings.resolved_cache_dir(),
-        registry_uri=settings.registry_uri, timeout=settings.registry_timeout,
+        settings.resolved_tracking_uri(),
+        settings.resolved_cache_dir(),
+        registry_uri=settings.registry_uri,
+        timeout=settings.registry_timeout,
         retries=settings.registry_retries,
     )
 
@@ -112,8 +114,9 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
         metadata = run_metadata(spec, refs, engine.name, dialect, sql)
         try:
             reader = engine.execute(sql, settings.row_group_rows)
-            written = write_parquet(reader, output, metadata, mode=settings.mode,
-                                    compression=settings.compression, on_batch=on_batch)
+            written = write_parquet(
+                reader, output, metadata, mode=settings.mode, compression=settings.compression, on_batch=on_batch
+            )
         except ScoringError:
             raise
         except Exception as exc:

@@ -90,8 +90,7 @@ def _describe_output(t: Tensor, model: str) -> Output:
     if len(dims) == 2:
         return Output(t.name, "list", pa.list_(leaf))
     raise ModelLoadError(
-        f"model '{model}': output '{t.name}' has rank {len(dims)} (shape {dims}); "
-        "expected [N], [N, 1] or [N, k]"
+        f"model '{model}': output '{t.name}' has rank {len(dims)} (shape {dims}); expected [N], [N, 1] or [N, k]"
     )
 
 
@@ -168,8 +167,7 @@ class Model:
         if found is None:
             raise SchemaMismatchError(
                 f"model '{self.name}' has no output '{name}' (outputs: "
-                f"{', '.join(o.name for o in self.outputs)})"
-                + did_you_mean(name, [o.name for o in self.outputs])
+                f"{', '.join(o.name for o in self.outputs)})" + did_you_mean(name, [o.name for o in self.outputs])
             )
         return found
 
@@ -234,9 +232,7 @@ class Model:
         assert len(result) == n
         return result
 
-    def _apply_null_policy(
-        self, cols: list[pa.Array]
-    ) -> tuple[list[pa.Array], pa.Array | None]:
+    def _apply_null_policy(self, cols: list[pa.Array]) -> tuple[list[pa.Array], pa.Array | None]:
         valid: pa.Array | None = None
         out = []
         for arg, col in zip(self.arguments, cols, strict=True):
@@ -266,10 +262,7 @@ class Model:
         for tensor, col in zip(self.inputs, cols, strict=True):
             row = types.row_for_onnx(tensor.onnx_type, model=self.name, tensor=tensor.name)
             values = col.to_numpy(zero_copy_only=False)
-            if row.onnx == "string":
-                values = values.astype(object)
-            else:
-                values = values.astype(row.numpy, copy=False)
+            values = values.astype(object) if row.onnx == "string" else values.astype(row.numpy, copy=False)
             feeds[tensor.name] = values.reshape(n, 1) if len(tensor.shape) == 2 else values
         return feeds
 
@@ -313,9 +306,7 @@ def _zipmap_to_arrow(
         return pa.array([], type=map_type)
     keys = list(rows[0].keys())
     width = len(keys)
-    values = np.fromiter(
-        (row[k] for row in rows for k in keys), dtype=np.float64, count=n * width
-    )
+    values = np.fromiter((row[k] for row in rows for k in keys), dtype=np.float64, count=n * width)
     offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
     key_array = pa.array(keys * n, type=map_type.key_type)
     return pa.MapArray.from_arrays(offsets, key_array, pa.array(values, type=map_type.item_type))

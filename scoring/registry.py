@@ -69,8 +69,13 @@ class ModelRef:
 
     def describe(self) -> dict[str, Any]:
         """What run metadata records about this model."""
-        return {"uri": self.uri, "name": self.name, "version": self.version,
-                "pinned_uri": self.pinned_uri, "sha256": self.sha256}
+        return {
+            "uri": self.uri,
+            "name": self.name,
+            "version": self.version,
+            "pinned_uri": self.pinned_uri,
+            "sha256": self.sha256,
+        }
 
 
 def _sha256(path: Path) -> str:
@@ -192,8 +197,15 @@ class Registry:
 
     def _unreachable(self, exc: Exception) -> bool:
         text = str(exc)
-        markers = ("Max retries exceeded", "Connection refused", "failed with exception",
-                   "ConnectionError", "Read timed out", "NewConnectionError", "Name or service")
+        markers = (
+            "Max retries exceeded",
+            "Connection refused",
+            "failed with exception",
+            "ConnectionError",
+            "Read timed out",
+            "NewConnectionError",
+            "Name or service",
+        )
         return self.registry_uri.startswith(("http://", "https://")) and any(m in text for m in markers)
 
     def _model_names(self) -> list[str]:
@@ -202,33 +214,25 @@ class Registry:
         except Exception:  # suggestions are best effort
             return []
 
-    def _resolve_registered(
-        self, uri: str, name: str, version: str | None, alias: str | None
-    ) -> ModelRef:
+    def _resolve_registered(self, uri: str, name: str, version: str | None, alias: str | None) -> ModelRef:
         registered = self._call_model(name)
         if alias is not None:
             aliases = dict(getattr(registered, "aliases", {}) or {})
             if alias not in aliases:
                 known = ", ".join(sorted(aliases)) or "none"
                 raise ModelNotFoundError(
-                    f"model '{name}' has no alias '{alias}' (aliases: {known})"
-                    + did_you_mean(alias, aliases)
+                    f"model '{name}' has no alias '{alias}' (aliases: {known})" + did_you_mean(alias, aliases)
                 )
             version = str(aliases[alias])
         elif version is None or version.lower() == "latest":
-            found = self._call(f"versions of model '{name}'", self.client.search_model_versions,
-                               f"name = '{name}'")
+            found = self._call(f"versions of model '{name}'", self.client.search_model_versions, f"name = '{name}'")
             if not found:
                 raise ModelNotFoundError(f"model '{name}' has no versions")
             version = str(max(int(v.version) for v in found))
         elif not version.isdigit():
-            raise ModelNotFoundError(
-                f"model URI '{uri}': version '{version}' is not a number, 'latest' or @alias"
-            )
+            raise ModelNotFoundError(f"model URI '{uri}': version '{version}' is not a number, 'latest' or @alias")
         mv = self._get_version(name, version)
-        key = hashlib.sha256(
-            f"{self.registry_uri}|{name}|{version}|{mv.creation_timestamp}".encode()
-        ).hexdigest()[:32]
+        key = hashlib.sha256(f"{self.registry_uri}|{name}|{version}|{mv.creation_timestamp}".encode()).hexdigest()[:32]
         pinned = f"models:/{name}/{version}"
         cached = self._cached(key)
         if cached is not None:
@@ -236,8 +240,7 @@ class Registry:
             log.info("model %s pinned to %s (sha256 %s, cached)", uri, pinned, sha[:12])
             return ModelRef(uri, name, version, sha, self._blob(sha), pinned, signature)
 
-        download_uri = self._call(f"model '{pinned}'", self.client.get_model_version_download_uri,
-                                  name, version)
+        download_uri = self._call(f"model '{pinned}'", self.client.get_model_version_download_uri, name, version)
         ref = self._download(uri, download_uri, name, version, pinned, key)
         log.info("model %s pinned to %s (sha256 %s, downloaded)", uri, pinned, ref.sha256[:12])
         return ref
@@ -249,23 +252,18 @@ class Registry:
             return self._call(f"model '{name}'", self.client.get_registered_model, name)
         except ModelNotFoundError:
             raise ModelNotFoundError(
-                f"model '{name}' is not registered in {self.registry_uri}"
-                + did_you_mean(name, self._model_names())
+                f"model '{name}' is not registered in {self.registry_uri}" + did_you_mean(name, self._model_names())
             ) from None
         except MlflowException:  # pragma: no cover - _call maps every MlflowException
             raise
 
     def _get_version(self, name: str, version: str) -> Any:
         try:
-            return self._call(f"model '{name}' version {version}", self.client.get_model_version,
-                              name, version)
+            return self._call(f"model '{name}' version {version}", self.client.get_model_version, name, version)
         except ModelNotFoundError:
-            versions = self._call(f"versions of model '{name}'", self.client.search_model_versions,
-                                  f"name = '{name}'")
+            versions = self._call(f"versions of model '{name}'", self.client.search_model_versions, f"name = '{name}'")
             known = ", ".join(sorted((str(v.version) for v in versions), key=int)) or "none"
-            raise ModelNotFoundError(
-                f"model '{name}' has no version {version} (versions: {known})"
-            ) from None
+            raise ModelNotFoundError(f"model '{name}' has no version {version} (versions: {known})") from None
 
     # -- run artifacts and local files --------------------------------------------------------
 
@@ -304,7 +302,12 @@ class Registry:
         return entry["sha256"], entry.get("signature")
 
     def _download(
-        self, uri: str, artifact_uri: str, name: str, version: str | None, pinned: str,
+        self,
+        uri: str,
+        artifact_uri: str,
+        name: str,
+        version: str | None,
+        pinned: str,
         key: str | None,
     ) -> ModelRef:
         import mlflow.artifacts

@@ -32,45 +32,32 @@ class Settings(BaseSettings):
     tracking_uri: str | None = Field(
         None,
         validation_alias=AliasChoices("SCORING_TRACKING_URI", "MLFLOW_TRACKING_URI", "tracking_uri"),
-        description="MLflow tracking URI (also read from MLFLOW_TRACKING_URI); "
-        "default: sqlite:///<home>/mlflow.db.",
+        description="MLflow tracking URI (also read from MLFLOW_TRACKING_URI); default: sqlite:///<home>/mlflow.db.",
     )
     registry_uri: str | None = Field(
         None,
         validation_alias=AliasChoices("SCORING_REGISTRY_URI", "MLFLOW_REGISTRY_URI", "registry_uri"),
         description="MLflow model registry URI (also MLFLOW_REGISTRY_URI); default: the tracking URI.",
     )
-    cache_dir: Path | None = Field(
-        None, description="Content-addressed model cache; default: <home>/models."
-    )
+    cache_dir: Path | None = Field(None, description="Content-addressed model cache; default: <home>/models.")
     engine: Literal["duckdb", "spark"] = Field("duckdb", description="Engine that runs the query.")
-    dialect: str | None = Field(
-        None, description="SQL dialect the query is written in; default: the engine's own."
-    )
+    dialect: str | None = Field(None, description="SQL dialect the query is written in; default: the engine's own.")
     null: NullPolicy = Field(
         "null",
         description="NULL in a model input: 'null' (row's outputs are NULL), 'nan' "
         "(NaN for float inputs), 'error' (fail naming the column).",
     )
-    mode: WriteMode = Field(
-        "overwrite", description="'overwrite' replaces an existing result; 'error' refuses."
-    )
-    threads: int | None = Field(
-        None, ge=1, description="Engine threads (DuckDB); default: all cores."
-    )
+    mode: WriteMode = Field("overwrite", description="'overwrite' replaces an existing result; 'error' refuses.")
+    threads: int | None = Field(None, ge=1, description="Engine threads (DuckDB); default: all cores.")
     ort_threads: int | None = Field(
-        None, ge=1, description="onnxruntime intra-op threads per session; default: derived from cores and engine threads."
+        None,
+        ge=1,
+        description="onnxruntime intra-op threads per session; default: derived from cores and engine threads.",
     )
-    row_group_rows: int = Field(
-        131072, ge=1024, description="Rows per Parquet row group in the output."
-    )
+    row_group_rows: int = Field(131072, ge=1024, description="Rows per Parquet row group in the output.")
     compression: str = Field("zstd", description="Parquet compression codec of the output.")
-    registry_timeout: int = Field(
-        30, ge=1, description="Seconds before an HTTP request to the registry times out."
-    )
-    registry_retries: int = Field(
-        2, ge=0, description="Retries of a failed HTTP request to the registry."
-    )
+    registry_timeout: int = Field(30, ge=1, description="Seconds before an HTTP request to the registry times out.")
+    registry_retries: int = Field(2, ge=0, description="Retries of a failed HTTP request to the registry.")
     spark_master: str = Field("local[2]", description="Spark master URL for --engine spark.")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON.")
     debug: bool = Field(False, description="Show tracebacks on errors.")
@@ -98,9 +85,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(
-            f"setting '{field}': {first['msg']} (got {first.get('input')!r})"
-        ) from None
+        raise ConfigError(f"setting '{field}': {first['msg']} (got {first.get('input')!r})") from None
 
 
 def settings_markdown() -> str:

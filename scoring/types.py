@@ -74,7 +74,8 @@ def duckdb_type(arrow_type: pa.DataType) -> str:
     """Render an Arrow type (leaf, list, map or struct) as a DuckDB type string."""
     if pa.types.is_struct(arrow_type):
         fields = ", ".join(
-            f'"{f.name}" {duckdb_type(f.type)}' for f in arrow_type  # type: ignore[attr-defined]
+            f'"{f.name}" {duckdb_type(f.type)}'
+            for f in arrow_type  # type: ignore[attr-defined]
         )
         return f"STRUCT({fields})"
     if pa.types.is_map(arrow_type):
@@ -88,7 +89,8 @@ def spark_type(arrow_type: pa.DataType) -> str:
     """Render an Arrow type (leaf, list, map or struct) as a Spark DDL type string."""
     if pa.types.is_struct(arrow_type):
         fields = ", ".join(
-            f"`{f.name}`: {spark_type(f.type)}" for f in arrow_type  # type: ignore[attr-defined]
+            f"`{f.name}`: {spark_type(f.type)}"
+            for f in arrow_type  # type: ignore[attr-defined]
         )
         return f"STRUCT<{fields}>"
     if pa.types.is_map(arrow_type):
@@ -110,11 +112,7 @@ def is_numeric(arrow_type: pa.DataType) -> bool:
 
 def is_text(arrow_type: pa.DataType) -> bool:
     """True for the Arrow string types DuckDB and Spark hand over."""
-    return (
-        pa.types.is_string(arrow_type)
-        or pa.types.is_large_string(arrow_type)
-        or pa.types.is_string_view(arrow_type)
-    )
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type)
 
 
 def can_feed(column: pa.DataType, onnx_type: str) -> bool:

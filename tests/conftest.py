@@ -47,8 +47,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     mlflow.set_tracking_uri(tracking)
     experiment = mlflow.MlflowClient().create_experiment("tests", artifact_location=(home / "artifacts").as_uri())
     mlflow.set_experiment(experiment_id=experiment)
-    cases = {"gb": M.gradient_boosting(), "churn": M.churn_pipeline(), "iris": M.zipmap_tree(),
-             "reg": M.regressor(), "gb_v2": M.logistic()}
+    cases = {
+        "gb": M.gradient_boosting(),
+        "churn": M.churn_pipeline(),
+        "iris": M.zipmap_tree(),
+        "reg": M.regressor(),
+        "gb_v2": M.logistic(),
+    }
     M.register(cases["gb"], "gb", aliases=("champion",))
     M.register(cases["gb_v2"], "gb", aliases=("challenger",))
     for key in ("churn", "iris", "reg"):
@@ -85,9 +90,22 @@ def mlflow_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) 
 
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     url = f"http://127.0.0.1:{port}"

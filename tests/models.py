@@ -32,8 +32,11 @@ class Case:
     signature_frame: pd.DataFrame | None = None
 
     def expected_label(self) -> np.ndarray:
-        return self.estimator.predict(self.frame[self.features] if self.signature_frame is None
-                                      else self.frame[self.features].to_numpy(np.float32))
+        return self.estimator.predict(
+            self.frame[self.features]
+            if self.signature_frame is None
+            else self.frame[self.features].to_numpy(np.float32)
+        )
 
     def expected_proba(self) -> np.ndarray:
         data = self.frame[self.features]
@@ -47,9 +50,11 @@ def gradient_boosting(rows: int = 400, seed: int = 0) -> Case:
     features = [f"f{j}" for j in range(6)]
     est = GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=seed).fit(x, y)
     onx = convert_sklearn(
-        est, initial_types=[("features", FloatTensorType([None, 6]))],
+        est,
+        initial_types=[("features", FloatTensorType([None, 6]))],
         final_types=[("label", Int64TensorType([None])), ("probability", FloatTensorType([None, 2]))],
-        options={id(est): {"zipmap": False}}, target_opset=OPSET,
+        options={id(est): {"zipmap": False}},
+        target_opset=OPSET,
     )
     frame = pd.DataFrame(x.astype(np.float64), columns=features)
     frame.insert(0, "id", np.arange(rows, dtype=np.int64))
@@ -60,27 +65,41 @@ def gradient_boosting(rows: int = 400, seed: int = 0) -> Case:
 def churn_pipeline(rows: int = 300, seed: int = 1) -> Case:
     """Pipeline over string categoricals and numbers: one ONNX input per column."""
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "customer_id": np.arange(rows, dtype=np.int64),
-        "plan": rng.choice(["basic", "plus", "pro"], rows),
-        "region": rng.choice(["north", "south", "east", "west"], rows),
-        "tenure": rng.integers(1, 72, rows).astype(np.float32),
-        "monthly_spend": rng.uniform(10, 120, rows).astype(np.float32),
-    })
+    frame = pd.DataFrame(
+        {
+            "customer_id": np.arange(rows, dtype=np.int64),
+            "plan": rng.choice(["basic", "plus", "pro"], rows),
+            "region": rng.choice(["north", "south", "east", "west"], rows),
+            "tenure": rng.integers(1, 72, rows).astype(np.float32),
+            "monthly_spend": rng.uniform(10, 120, rows).astype(np.float32),
+        }
+    )
     churned = ((frame.plan == "basic") & (frame.tenure < 24)) | (rng.uniform(size=rows) < 0.1)
     features = ["plan", "region", "tenure", "monthly_spend"]
-    est = Pipeline([
-        ("prep", ColumnTransformer([
-            ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan", "region"]),
-            ("num", StandardScaler(), ["tenure", "monthly_spend"]),
-        ])),
-        ("clf", LogisticRegression(max_iter=500)),
-    ]).fit(frame[features], churned.astype(np.int64))
+    est = Pipeline(
+        [
+            (
+                "prep",
+                ColumnTransformer(
+                    [
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan", "region"]),
+                        ("num", StandardScaler(), ["tenure", "monthly_spend"]),
+                    ]
+                ),
+            ),
+            ("clf", LogisticRegression(max_iter=500)),
+        ]
+    ).fit(frame[features], churned.astype(np.int64))
     onx = convert_sklearn(
         est,
-        initial_types=[("plan", StringTensorType([None, 1])), ("region", StringTensorType([None, 1])),
-                       ("tenure", FloatTensorType([None, 1])), ("monthly_spend", FloatTensorType([None, 1]))],
-        options={id(est): {"zipmap": False}}, target_opset=OPSET,
+        initial_types=[
+            ("plan", StringTensorType([None, 1])),
+            ("region", StringTensorType([None, 1])),
+            ("tenure", FloatTensorType([None, 1])),
+            ("monthly_spend", FloatTensorType([None, 1])),
+        ],
+        options={id(est): {"zipmap": False}},
+        target_opset=OPSET,
     )
     frame["tenure"] = frame["tenure"].astype(np.int64)  # an int column feeding a float input
     frame["monthly_spend"] = frame["monthly_spend"].astype(np.float64)
@@ -114,9 +133,11 @@ def logistic(rows: int = 400) -> Case:
     case = gradient_boosting(rows, seed=0)
     est = LogisticRegression(max_iter=500).fit(case.frame[case.features].to_numpy(np.float32), case.frame["label"])
     onx = convert_sklearn(
-        est, initial_types=[("features", FloatTensorType([None, 6]))],
+        est,
+        initial_types=[("features", FloatTensorType([None, 6]))],
         final_types=[("label", Int64TensorType([None])), ("probability", FloatTensorType([None, 2]))],
-        options={id(est): {"zipmap": False}}, target_opset=OPSET,
+        options={id(est): {"zipmap": False}},
+        target_opset=OPSET,
     )
     return Case("gb", est, onx, case.frame, case.features, signature_frame=case.signature_frame)
 
@@ -131,8 +152,9 @@ def register(case: Case, registered_name: str, aliases: tuple[str, ...] = ()) ->
     if case.signature_frame is not None:
         signature = infer_signature(case.signature_frame.astype(np.float32))
     with mlflow.start_run():
-        info = mlflow.onnx.log_model(case.onnx, name="model", signature=signature,
-                                     registered_model_name=registered_name)
+        info = mlflow.onnx.log_model(
+            case.onnx, name="model", signature=signature, registered_model_name=registered_name
+        )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     for alias in aliases:

@@ -36,7 +36,11 @@ def main() -> None:
     labels = [r.label for r in sorted(second, key=lambda r: r.id)]
     assert labels == [r.label for r in sorted(first, key=lambda r: r.id)]
     workers = sorted({r.worker for r in second})
-    print(json.dumps({"labels": labels, "workers": workers, "executors": spark.sparkContext.getConf().get("spark.master")}))
+    print(
+        json.dumps(
+            {"labels": labels, "workers": workers, "executors": spark.sparkContext.getConf().get("spark.master")}
+        )
+    )
     spark.stop()
 
 

@@ -28,10 +28,27 @@ def big_table(registry, tmp_path_factory) -> Path:
 
 
 def _job(registry, table: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **registry.env(), "SCORING_CACHE_DIR": str(tmp_path / "cache"),
-           "SCORING_ROW_GROUP_ROWS": "16384", "SCORING_THREADS": "1"}
-    cmd = [sys.executable, "-m", "scoring.cli", "run", "--model", "gb=models:/gb/1", "--table", f"t={table}",
-           "--query", "SELECT id, gb(f0, f1, f2, f3, f4, f5) AS s FROM t", "--output", str(out)]
+    env = {
+        **os.environ,
+        **registry.env(),
+        "SCORING_CACHE_DIR": str(tmp_path / "cache"),
+        "SCORING_ROW_GROUP_ROWS": "16384",
+        "SCORING_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "scoring.cli",
+        "run",
+        "--model",
+        "gb=models:/gb/1",
+        "--table",
+        f"t={table}",
+        "--query",
+        "SELECT id, gb(f0, f1, f2, f3, f4, f5) AS s FROM t",
+        "--output",
+        str(out),
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

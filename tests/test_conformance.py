@@ -26,10 +26,15 @@ def engine(request):
 def test_tsql_predict_matches_sklearn_gradient_boosting(registry, settings, engine, tmp_path):
     case = registry.cases["gb"]
     table, result = score(
-        settings, engine,
+        settings,
+        engine,
         "SELECT d.id, p.label, p.probability FROM PREDICT(MODEL = 'gb', DATA = t AS d, RUNTIME = ONNX) "
         "WITH (label BIGINT, probability SQL_VARIANT) AS p",
-        {"gb": "models:/gb/1"}, {"t": registry.tables["gb"]}, tmp_path / "out", dialect="tsql")
+        {"gb": "models:/gb/1"},
+        {"t": registry.tables["gb"]},
+        tmp_path / "out",
+        dialect="tsql",
+    )
     table = by_key(table, "id")
     assert table.column_names == ["id", "label", "probability"]
     np.testing.assert_array_equal(table.column("label").to_numpy(), case.expected_label())
@@ -41,8 +46,14 @@ def test_tsql_predict_matches_sklearn_gradient_boosting(registry, settings, engi
 def test_function_call_binds_by_position(registry, settings, engine, tmp_path):
     case = registry.cases["gb"]
     args = ", ".join(case.features)
-    table, _ = score(settings, engine, f"SELECT id, gb({args}) AS s FROM t",
-                     {"gb": "models:/gb@champion"}, {"t": registry.tables["gb"]}, tmp_path / "out")
+    table, _ = score(
+        settings,
+        engine,
+        f"SELECT id, gb({args}) AS s FROM t",
+        {"gb": "models:/gb@champion"},
+        {"t": registry.tables["gb"]},
+        tmp_path / "out",
+    )
     table = by_key(table, "id")
     rows = table.column("s").to_pylist()
     np.testing.assert_array_equal([r["label"] for r in rows], case.expected_label())
@@ -51,8 +62,15 @@ def test_function_call_binds_by_position(registry, settings, engine, tmp_path):
 
 def test_bigquery_ml_predict_returns_inputs_and_predictions(registry, settings, engine, tmp_path):
     case = registry.cases["gb"]
-    table, _ = score(settings, engine, "SELECT * FROM ML.PREDICT(MODEL gb, (SELECT * FROM t WHERE id < 100))",
-                     {"gb": "models:/gb/1"}, {"t": registry.tables["gb"]}, tmp_path / "out", dialect="bigquery")
+    table, _ = score(
+        settings,
+        engine,
+        "SELECT * FROM ML.PREDICT(MODEL gb, (SELECT * FROM t WHERE id < 100))",
+        {"gb": "models:/gb/1"},
+        {"t": registry.tables["gb"]},
+        tmp_path / "out",
+        dialect="bigquery",
+    )
     table = by_key(table, "id")
     assert table.column_names == [*case.frame.columns, "predicted_label", "predicted_probability"]
     expected = case.expected_label()[:100]
@@ -64,10 +82,15 @@ def test_bigquery_ml_predict_returns_inputs_and_predictions(registry, settings, 
 def test_pipeline_with_string_columns_binds_by_name(registry, settings, engine, tmp_path):
     case = registry.cases["churn"]
     table, _ = score(
-        settings, engine,
+        settings,
+        engine,
         "SELECT d.customer_id, p.* FROM PREDICT(MODEL = 'churn', DATA = customers AS d) "
         "WITH (label BIGINT, probabilities SQL_VARIANT) AS p",
-        {"churn": "models:/churn/1"}, {"customers": registry.tables["churn"]}, tmp_path / "out", dialect="tsql")
+        {"churn": "models:/churn/1"},
+        {"customers": registry.tables["churn"]},
+        tmp_path / "out",
+        dialect="tsql",
+    )
     table = by_key(table, "customer_id")
     assert table.column_names == ["customer_id", "label", "probabilities"]
     np.testing.assert_array_equal(table.column("label").to_numpy(), case.expected_label())
@@ -76,21 +99,29 @@ def test_pipeline_with_string_columns_binds_by_name(registry, settings, engine, 
 
 def test_pipeline_function_call_with_strings(registry, settings, engine, tmp_path):
     case = registry.cases["churn"]
-    table, _ = score(settings, engine,
-                     "SELECT customer_id, churn(plan, region, tenure, monthly_spend).label AS churned "
-                     "FROM customers", {"churn": "models:/churn/latest"},
-                     {"customers": registry.tables["churn"]}, tmp_path / "out")
+    table, _ = score(
+        settings,
+        engine,
+        "SELECT customer_id, churn(plan, region, tenure, monthly_spend).label AS churned FROM customers",
+        {"churn": "models:/churn/latest"},
+        {"customers": registry.tables["churn"]},
+        tmp_path / "out",
+    )
     table = by_key(table, "customer_id")
     np.testing.assert_array_equal(table.column("churned").to_numpy(), case.expected_label())
 
 
 def test_zipmap_output_becomes_a_map(registry, settings, engine, tmp_path):
     case = registry.cases["iris"]
-    table, _ = score(settings, engine,
-                     "SELECT p.output_label, p.output_probability FROM "
-                     "PREDICT(MODEL = 'iris', DATA = flowers AS d) AS p",
-                     {"iris": "models:/iris/1"}, {"flowers": registry.tables["iris"]}, tmp_path / "out",
-                     dialect="tsql")
+    table, _ = score(
+        settings,
+        engine,
+        "SELECT p.output_label, p.output_probability FROM PREDICT(MODEL = 'iris', DATA = flowers AS d) AS p",
+        {"iris": "models:/iris/1"},
+        {"flowers": registry.tables["iris"]},
+        tmp_path / "out",
+        dialect="tsql",
+    )
     # no ORDER BY: the scan keeps file order on one file, which matches the frame
     np.testing.assert_array_equal(table.column("output_label").to_numpy(), case.expected_label())
     maps = table.column("output_probability").to_pylist()
@@ -101,31 +132,55 @@ def test_zipmap_output_becomes_a_map(registry, settings, engine, tmp_path):
 def test_regressor_returns_a_scalar(registry, settings, engine, tmp_path):
     case = registry.cases["reg"]
     args = ", ".join(case.features)
-    table, _ = score(settings, engine, f"SELECT reg({args}) AS y FROM r", {"reg": "models:/reg/1"},
-                     {"r": registry.tables["reg"]}, tmp_path / "out")
+    table, _ = score(
+        settings,
+        engine,
+        f"SELECT reg({args}) AS y FROM r",
+        {"reg": "models:/reg/1"},
+        {"r": registry.tables["reg"]},
+        tmp_path / "out",
+    )
     assert table.schema.field("y").type in ("float", "double") or str(table.schema.field("y").type) == "float"
     expected = case.estimator.predict(case.frame[case.features].to_numpy(np.float32))
     np.testing.assert_allclose(table.column("y").to_numpy(), expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize(("uri", "case_key"), [
-    ("models:/gb/1", "gb"), ("models:/gb/2", "gb_v2"), ("models:/gb@champion", "gb"),
-    ("models:/gb@challenger", "gb_v2"), ("models:/gb/latest", "gb_v2"),
-])
+@pytest.mark.parametrize(
+    ("uri", "case_key"),
+    [
+        ("models:/gb/1", "gb"),
+        ("models:/gb/2", "gb_v2"),
+        ("models:/gb@champion", "gb"),
+        ("models:/gb@challenger", "gb_v2"),
+        ("models:/gb/latest", "gb_v2"),
+    ],
+)
 def test_versions_and_aliases_pick_the_right_model(registry, settings, tmp_path, uri, case_key):
     case = registry.cases[case_key]
-    table, result = score(settings, "duckdb",
-                          "SELECT p.probability FROM PREDICT(MODEL = 'm', DATA = t AS d) WITH (probability SQL_VARIANT) AS p",
-                          {"m": uri}, {"t": registry.tables["gb"]}, tmp_path / "out", dialect="tsql")
+    table, result = score(
+        settings,
+        "duckdb",
+        "SELECT p.probability FROM PREDICT(MODEL = 'm', DATA = t AS d) WITH (probability SQL_VARIANT) AS p",
+        {"m": uri},
+        {"t": registry.tables["gb"]},
+        tmp_path / "out",
+        dialect="tsql",
+    )
     np.testing.assert_allclose(np.array(table.column("probability").to_pylist()), case.expected_proba(), **TOL)
     assert result.models["m"].version == ("1" if case_key == "gb" else "2")
 
 
 def test_model_uri_inside_the_query(registry, settings, tmp_path):
     case = registry.cases["gb_v2"]
-    table, _ = score(settings, "duckdb",
-                     "SELECT p.label FROM PREDICT(MODEL = 'models:/gb/2', DATA = t AS d) WITH (label INT) AS p",
-                     {}, {"t": registry.tables["gb"]}, tmp_path / "out", dialect="tsql")
+    table, _ = score(
+        settings,
+        "duckdb",
+        "SELECT p.label FROM PREDICT(MODEL = 'models:/gb/2', DATA = t AS d) WITH (label INT) AS p",
+        {},
+        {"t": registry.tables["gb"]},
+        tmp_path / "out",
+        dialect="tsql",
+    )
     np.testing.assert_array_equal(table.column("label").to_numpy(), case.expected_label())
 
 
@@ -143,8 +198,14 @@ def gb_with_nulls(registry, tmp_path_factory):
 
 def test_null_input_gives_null_outputs_for_that_row_only(registry, settings, engine, gb_with_nulls, tmp_path):
     case = registry.cases["gb"]
-    table, result = score(settings, engine, "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t",
-                          {"gb": "models:/gb/1"}, {"t": gb_with_nulls}, tmp_path / "out")
+    table, result = score(
+        settings,
+        engine,
+        "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t",
+        {"gb": "models:/gb/1"},
+        {"t": gb_with_nulls},
+        tmp_path / "out",
+    )
     table = by_key(table, "id")
     labels = table.column("label").to_pylist()
     assert labels[3] is None and labels[250] is None
@@ -155,8 +216,15 @@ def test_null_input_gives_null_outputs_for_that_row_only(registry, settings, eng
 
 
 def test_null_as_nan_reaches_the_model(registry, settings, engine, gb_with_nulls, tmp_path):
-    table, _ = score(settings, engine, "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t",
-                     {"gb": "models:/gb/1"}, {"t": gb_with_nulls}, tmp_path / "out", null="nan")
+    table, _ = score(
+        settings,
+        engine,
+        "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t",
+        {"gb": "models:/gb/1"},
+        {"t": gb_with_nulls},
+        tmp_path / "out",
+        null="nan",
+    )
     labels = by_key(table, "id").column("label").to_pylist()
     assert labels[3] is not None and labels[250] is not None  # scored with NaN, not skipped
     keep = [i for i in range(len(labels)) if i not in (3, 250)]

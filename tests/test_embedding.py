@@ -43,9 +43,13 @@ def test_register_on_a_spark_session(registry, settings, spark_ready):
 def test_enrich_writes_parquet_like_the_cli(registry, tmp_path):
     out = tmp_path / "enriched.parquet"
     result = scoring.enrich(
-        "SELECT * FROM ML.PREDICT(MODEL gb, TABLE t)", models={"gb": "models:/gb@champion"},
-        tables={"t": registry.tables["gb"]}, output=out, dialect="bigquery",
-        tracking_uri=registry.tracking_uri, cache_dir=tmp_path / "cache",
+        "SELECT * FROM ML.PREDICT(MODEL gb, TABLE t)",
+        models={"gb": "models:/gb@champion"},
+        tables={"t": registry.tables["gb"]},
+        output=out,
+        dialect="bigquery",
+        tracking_uri=registry.tracking_uri,
+        cache_dir=tmp_path / "cache",
     )
     assert result.rows == pq.read_table(out).num_rows == len(registry.cases["gb"].frame)
     assert read_metadata(out)["models"]["gb"]["pinned_uri"] == "models:/gb/1"

@@ -61,15 +61,18 @@ def test_success_exit_code_and_metadata(cli):
     assert meta["rows"] == pq.read_table(out).num_rows == 400
 
 
-@pytest.mark.parametrize(("model", "code", "message"), [
-    ("gb=models:/gbb/1", ExitCode.MODEL_NOT_FOUND, r"model 'gbb' is not registered .*; did you mean 'gb'\?"),
-    ("gb=models:/gb/9", ExitCode.MODEL_NOT_FOUND, r"model 'gb' has no version 9 \(versions: 1, 2\)"),
-    ("gb=models:/gb@champ", ExitCode.MODEL_NOT_FOUND, r"model 'gb' has no alias 'champ' .*did you mean 'champion'"),
-    ("gb=models:/gb/one", ExitCode.MODEL_NOT_FOUND, r"version 'one' is not a number"),
-    ("gb=/nowhere/model.onnx", ExitCode.MODEL_NOT_FOUND, r"model file '/nowhere/model.onnx' does not exist"),
-    ("g-b=models:/gb/1", ExitCode.CONFIG, r"model name 'g-b' is not a plain SQL identifier"),
-    ("gb", ExitCode.CONFIG, r"--model expects NAME=VALUE"),
-])
+@pytest.mark.parametrize(
+    ("model", "code", "message"),
+    [
+        ("gb=models:/gbb/1", ExitCode.MODEL_NOT_FOUND, r"model 'gbb' is not registered .*; did you mean 'gb'\?"),
+        ("gb=models:/gb/9", ExitCode.MODEL_NOT_FOUND, r"model 'gb' has no version 9 \(versions: 1, 2\)"),
+        ("gb=models:/gb@champ", ExitCode.MODEL_NOT_FOUND, r"model 'gb' has no alias 'champ' .*did you mean 'champion'"),
+        ("gb=models:/gb/one", ExitCode.MODEL_NOT_FOUND, r"version 'one' is not a number"),
+        ("gb=/nowhere/model.onnx", ExitCode.MODEL_NOT_FOUND, r"model file '/nowhere/model.onnx' does not exist"),
+        ("g-b=models:/gb/1", ExitCode.CONFIG, r"model name 'g-b' is not a plain SQL identifier"),
+        ("gb", ExitCode.CONFIG, r"--model expects NAME=VALUE"),
+    ],
+)
 def test_bad_model_reference(cli, model, code, message):
     got, err, out = cli(models=(model,))
     assert got == code
@@ -135,7 +138,9 @@ def test_missing_model_column_suggests_the_closest(cli, registry, tmp_path):
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
     code, err, out = cli(tables=(f"t={path}",))
     assert code == ExitCode.SCHEMA_MISMATCH
-    assert "model 'gb' needs column 'f3' (float) but table 't' has no such column; did you mean 'f_3'?" in error_line(err)
+    assert "model 'gb' needs column 'f3' (float) but table 't' has no such column; did you mean 'f_3'?" in error_line(
+        err
+    )
     assert_nothing_published(out)
 
 
@@ -149,10 +154,13 @@ def test_string_column_for_a_float_input(cli, registry, tmp_path):
     assert_nothing_published(out)
 
 
-@pytest.mark.parametrize(("with_clause", "message"), [
-    ("(labell BIGINT)", r"model 'gb' has no output 'labell' .*did you mean 'label'"),
-    ("(probability FLOAT)", r"output 'probability' is list<item: float>; it cannot be declared as FLOAT"),
-])
+@pytest.mark.parametrize(
+    ("with_clause", "message"),
+    [
+        ("(labell BIGINT)", r"model 'gb' has no output 'labell' .*did you mean 'label'"),
+        ("(probability FLOAT)", r"output 'probability' is list<item: float>; it cannot be declared as FLOAT"),
+    ],
+)
 def test_bad_with_declaration(cli, with_clause, message):
     query = f"SELECT p.* FROM PREDICT(MODEL = 'gb', DATA = t AS d) WITH {with_clause} AS p"
     code, err, out = cli(query=query)
@@ -161,12 +169,15 @@ def test_bad_with_declaration(cli, with_clause, message):
     assert_nothing_published(out)
 
 
-@pytest.mark.parametrize(("query", "dialect", "message"), [
-    ("SELECT * FROM PREDICT(MODEL = 'gb', DATUM = t AS d) AS p", "tsql", r"PREDICT expects MODEL =, DATA ="),
-    ("SELECT * FROM PREDICT(MODEL = 'gb', DATA = t AS d, RUNTIME = PYTHON) AS p", "tsql", r"RUNTIME = PYTHON"),
-    ("SELECT 1; SELECT 2", "duckdb", r"expected one SQL statement, found 2"),
-    ("SELECT FROM WHERE", "tsql", r"cannot parse the query as tsql SQL"),
-])
+@pytest.mark.parametrize(
+    ("query", "dialect", "message"),
+    [
+        ("SELECT * FROM PREDICT(MODEL = 'gb', DATUM = t AS d) AS p", "tsql", r"PREDICT expects MODEL =, DATA ="),
+        ("SELECT * FROM PREDICT(MODEL = 'gb', DATA = t AS d, RUNTIME = PYTHON) AS p", "tsql", r"RUNTIME = PYTHON"),
+        ("SELECT 1; SELECT 2", "duckdb", r"expected one SQL statement, found 2"),
+        ("SELECT FROM WHERE", "tsql", r"cannot parse the query as tsql SQL"),
+    ],
+)
 def test_bad_query(cli, query, dialect, message):
     code, err, out = cli(query=query, dialect=dialect)
     assert code == ExitCode.QUERY
@@ -175,7 +186,7 @@ def test_bad_query(cli, query, dialect, message):
 
 
 def test_unknown_dialect_suggests(cli):
-    code, err, out = cli(dialect="duckbd")
+    code, err, _ = cli(dialect="duckbd")
     assert code == ExitCode.CONFIG
     assert "unknown SQL dialect 'duckbd'; did you mean 'duckdb'?" in error_line(err)
 

@@ -16,9 +16,15 @@ from tests.engines import score
 
 def test_models_from_a_real_mlflow_server(registry, settings, mlflow_server, tmp_path):
     served = settings.model_copy(update={"tracking_uri": mlflow_server})
-    table, result = score(served, "duckdb",
-                          "SELECT d.id, p.label FROM PREDICT(MODEL = 'gb', DATA = t AS d) WITH (label BIGINT) AS p",
-                          {"gb": "models:/gb@champion"}, {"t": registry.tables["gb"]}, tmp_path / "out", dialect="tsql")
+    table, result = score(
+        served,
+        "duckdb",
+        "SELECT d.id, p.label FROM PREDICT(MODEL = 'gb', DATA = t AS d) WITH (label BIGINT) AS p",
+        {"gb": "models:/gb@champion"},
+        {"t": registry.tables["gb"]},
+        tmp_path / "out",
+        dialect="tsql",
+    )
     assert result.models["gb"].pinned_uri == "models:/gb/1"
     order = np.argsort(table.column("id").to_numpy())
     np.testing.assert_array_equal(table.column("label").to_numpy()[order], registry.cases["gb"].expected_label())
@@ -51,12 +57,21 @@ def test_run_artifact_and_local_file(registry, settings, tmp_path):
     local = tmp_path / "reg.onnx"
     shutil.copy(pinned.path, local)
     case = registry.cases["reg"]
-    table, result = score(settings, "duckdb", f"SELECT reg({', '.join(case.features)}) AS y FROM r",
-                          {"reg": str(local)}, {"r": registry.tables["reg"]}, tmp_path / "out")
+    table, result = score(
+        settings,
+        "duckdb",
+        f"SELECT reg({', '.join(case.features)}) AS y FROM r",
+        {"reg": str(local)},
+        {"r": registry.tables["reg"]},
+        tmp_path / "out",
+    )
     assert result.models["reg"].sha256 == pinned.sha256
-    np.testing.assert_allclose(table.column("y").to_numpy(),
-                               case.estimator.predict(case.frame[case.features].to_numpy(np.float32)),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        table.column("y").to_numpy(),
+        case.estimator.predict(case.frame[case.features].to_numpy(np.float32)),
+        rtol=1e-5,
+        atol=1e-4,
+    )
 
 
 def test_inspect_shows_binding_and_types(registry, capsys, monkeypatch, tmp_path):

@@ -14,8 +14,10 @@ from scoring.errors import ExitCode
 
 pytestmark = pytest.mark.spark
 
-QUERY = ("SELECT d.*, p.label AS predicted FROM PREDICT(MODEL = 'gb', DATA = t AS d, RUNTIME = ONNX) "
-         "WITH (label BIGINT) AS p")
+QUERY = (
+    "SELECT d.*, p.label AS predicted FROM PREDICT(MODEL = 'gb', DATA = t AS d, RUNTIME = ONNX) "
+    "WITH (label BIGINT) AS p"
+)
 
 
 @pytest.fixture()
@@ -26,8 +28,24 @@ def run_spark(registry, tmp_path, capsys, monkeypatch, spark_ready):
 
     def run(table, *args):
         out = tmp_path / "out" / "scored"
-        code = main(["run", "--engine", "spark", "--dialect", "tsql", "--model", "gb=models:/gb@champion",
-                     "--table", f"t={table}", "--query", QUERY, "--output", str(out), *args])
+        code = main(
+            [
+                "run",
+                "--engine",
+                "spark",
+                "--dialect",
+                "tsql",
+                "--model",
+                "gb=models:/gb@champion",
+                "--table",
+                f"t={table}",
+                "--query",
+                QUERY,
+                "--output",
+                str(out),
+                *args,
+            ]
+        )
         return code, capsys.readouterr().err, out
 
     return run

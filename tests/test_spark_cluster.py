@@ -17,7 +17,10 @@ def test_each_worker_loads_each_model_once(registry, tmp_path):
     script = Path(__file__).with_name("spark_cluster_job.py")
     proc = subprocess.run(
         [sys.executable, str(script), str(registry.tables["gb"]), registry.tracking_uri, str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parent.parent,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -41,7 +41,9 @@ def engine(registry, tmp_path_factory):
     return eng
 
 
-@pytest.mark.parametrize(("read", "write", "query", "expected"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("read", "write", "query", "expected"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
 def test_golden(engine, read, write, query, expected):
     if write == "same":
         assert sqlglot.parse_one(query, dialect=read_dialect(read)).sql(dialect=read_dialect(read)) == expected

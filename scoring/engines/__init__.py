@@ -7,9 +7,8 @@ inside their own module so that one engine works without the other installed.
 from __future__ import annotations
 
 import re
-from typing import Protocol
-
 from pathlib import Path
+from typing import Protocol
 
 from scoring.errors import ConfigError, InputDataError
 from scoring.model import Model
@@ -20,9 +19,7 @@ _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def check_sql_name(name: str, what: str) -> str:
     """Return ``name`` if it is a plain SQL identifier, else raise :class:`ConfigError`."""
     if not _SQL_NAME.match(name):
-        raise ConfigError(
-            f"{what} name '{name}' is not a plain SQL identifier (letters, digits, underscore)"
-        )
+        raise ConfigError(f"{what} name '{name}' is not a plain SQL identifier (letters, digits, underscore)")
     return name
 
 

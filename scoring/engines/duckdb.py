@@ -20,9 +20,17 @@ from scoring.sql.dialects import read_dialect
 
 # DuckDB never casts DOUBLE to FLOAT implicitly, so float inputs are declared DOUBLE
 # (any number casts to it) and narrowed to float32 when the batch reaches the model.
-_PARAMETER = {"float": "DOUBLE", "double": "DOUBLE", "int64": "BIGINT", "int32": "BIGINT",
-              "int16": "BIGINT", "int8": "BIGINT", "uint8": "BIGINT", "bool": "BOOLEAN",
-              "string": "VARCHAR"}
+_PARAMETER = {
+    "float": "DOUBLE",
+    "double": "DOUBLE",
+    "int64": "BIGINT",
+    "int32": "BIGINT",
+    "int16": "BIGINT",
+    "int8": "BIGINT",
+    "uint8": "BIGINT",
+    "bool": "BOOLEAN",
+    "string": "VARCHAR",
+}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -78,9 +86,13 @@ class DuckDBEngine:
         parameters = [duckdb.sqltype(_PARAMETER[types.onnx_element(a.onnx_type)]) for a in model.arguments]
         if name in self.models:
             self.con.remove_function(name)
-        self.con.create_function(
-            name, udf, parameters, duckdb.sqltype(types.duckdb_type(model.output_type)),
-            type="arrow", null_handling="special",
+        self.con.create_function(  # type: ignore[call-overload]  # stubs want enum members
+            name,
+            udf,
+            parameters,
+            duckdb.sqltype(types.duckdb_type(model.output_type)),
+            type="arrow",
+            null_handling="special",
             # Marked volatile so DuckDB never duplicates the call into a pushed-down filter
             # or per struct field: each row reaches the model exactly once.
             side_effects=True,
@@ -118,8 +130,11 @@ class DuckDBEngine:
 
     def schema(self, relation: exp.Expr) -> pa.Schema:
         """Arrow schema of a table or subquery, read from DuckDB without scanning rows."""
-        sql = relation.this.sql(dialect=read_dialect("duckdb")) if isinstance(relation, exp.Subquery) \
+        sql = (
+            relation.this.sql(dialect=read_dialect("duckdb"))
+            if isinstance(relation, exp.Subquery)
             else exp.select("*").from_(relation).sql(dialect=read_dialect("duckdb"))
+        )
         try:
             return self.con.sql(sql).limit(0).to_arrow_table().schema
         except duckdb.Error as exc:

@@ -116,7 +116,8 @@ def start_session(master: str, app_name: str = "scoring", jvm_log: Path | None =
     java_options = f"-Dlog4j2.configurationFile={log4j.as_uri()}"
 
     builder = (
-        SparkSession.builder.master(master).appName(app_name)
+        SparkSession.builder.master(master)
+        .appName(app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
         .config("spark.sql.session.timeZone", "UTC")
@@ -176,9 +177,14 @@ class SparkEngine:
     name = "spark"
     dialect = "spark"
 
-    def __init__(self, spark: Any = None, master: str = "local[2]",
-                 resolve: Callable[[str], Model] | None = None, null: str = "null",
-                 jvm_log: Path | None = None) -> None:
+    def __init__(
+        self,
+        spark: Any = None,
+        master: str = "local[2]",
+        resolve: Callable[[str], Model] | None = None,
+        null: str = "null",
+        jvm_log: Path | None = None,
+    ) -> None:
         if spark is None:
             from pyspark.sql import SparkSession
 
@@ -249,8 +255,11 @@ class SparkEngine:
         from pyspark.sql.pandas.types import to_arrow_schema
 
         dialect = read_dialect("spark")
-        sql = relation.this.sql(dialect=dialect) if isinstance(relation, exp.Subquery) \
+        sql = (
+            relation.this.sql(dialect=dialect)
+            if isinstance(relation, exp.Subquery)
             else exp.select("*").from_(relation).sql(dialect=dialect)
+        )
         try:
             return to_arrow_schema(self.spark.sql(sql).schema)
         except Exception as exc:
@@ -292,8 +301,9 @@ def _scoring_error_in(exc: BaseException) -> ScoringError | None:
     return None
 
 
-def write_folder(df: Any, output: Path, metadata: dict[str, Any], mode: str, compression: str,
-                 partition_by: list[str] | None = None) -> int:
+def write_folder(
+    df: Any, output: Path, metadata: dict[str, Any], mode: str, compression: str, partition_by: list[str] | None = None
+) -> int:
     """Write ``df`` as a Parquet folder, then publish it at ``output`` by renaming.
 
     The parts are written under a hidden temporary folder beside ``output``; the
@@ -336,14 +346,24 @@ def _publish(tmp: Path, output: Path, mode: str) -> None:
             raise OutputError(f"output '{output}' cannot be published: {exc.strerror}") from None
 
 
-def run_spark_job(spec: Any, settings: Any, models: dict[str, Model], resolve: Callable[[str], Model],
-                  refs: dict[str, ModelRef], started: float) -> Any:
+def run_spark_job(
+    spec: Any,
+    settings: Any,
+    models: dict[str, Model],
+    resolve: Callable[[str], Model],
+    refs: dict[str, ModelRef],
+    started: float,
+) -> Any:
     """The Spark half of :func:`scoring.job.run_job`."""
     from scoring.job import JobResult, run_metadata
     from scoring.sql.compile import compile_query
 
-    engine = SparkEngine(master=settings.spark_master, resolve=resolve, null=settings.null,
-                         jvm_log=Path(settings.home) / "logs" / "spark.log")
+    engine = SparkEngine(
+        master=settings.spark_master,
+        resolve=resolve,
+        null=settings.null,
+        jvm_log=Path(settings.home) / "logs" / "spark.log",
+    )
     try:
         for name, path in spec.tables.items():
             engine.register_table(name, path)
@@ -353,8 +373,9 @@ def run_spark_job(spec: Any, settings: Any, models: dict[str, Model], resolve: C
         sql = compile_query(spec.query, dialect, engine.dialect, engine)
         df = engine.dataframe(sql)
         metadata = run_metadata(spec, refs, engine.name, dialect, sql)
-        rows = write_folder(df, Path(spec.output), metadata, settings.mode, settings.compression,
-                            getattr(spec, "partition_by", None))
+        rows = write_folder(
+            df, Path(spec.output), metadata, settings.mode, settings.compression, getattr(spec, "partition_by", None)
+        )
         scored = {name: int(acc.value) for name, acc in engine.rows.items() if name in models}
     finally:
         engine.close()

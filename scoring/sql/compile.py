@@ -16,7 +16,7 @@ struct field access on both DuckDB and Spark, which keeps the outer query untouc
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import sqlglot
@@ -70,7 +70,9 @@ def normalize_ml_predict(tree: exp.Expr) -> exp.Expr:
         if predict.args.get("params_struct") is not None:
             raise PredictSyntaxError("ML.PREDICT settings (the STRUCT argument) are not supported")
         node = PredictTable(
-            this=exp.Literal.string(name), data=data.copy(), alias=table.args.get("alias"),
+            this=exp.Literal.string(name),
+            data=data.copy(),
+            alias=table.args.get("alias"),
             style=exp.Var(this="bigquery"),
         )
         table.replace(node)
@@ -108,12 +110,17 @@ def _output_value(model: Model, name: str) -> exp.Expr:
     return _field(name)
 
 
-_DECLARED: dict[exp.DataType.Type, pa.DataType] = {
-    exp.DataType.Type.BIGINT: pa.int64(), exp.DataType.Type.INT: pa.int32(),
-    exp.DataType.Type.SMALLINT: pa.int16(), exp.DataType.Type.TINYINT: pa.int8(),
-    exp.DataType.Type.UTINYINT: pa.uint8(), exp.DataType.Type.BIT: pa.bool_(),
-    exp.DataType.Type.BOOLEAN: pa.bool_(), exp.DataType.Type.FLOAT: pa.float32(),
-    exp.DataType.Type.DOUBLE: pa.float64(), exp.DataType.Type.DECIMAL: pa.float64(),
+_DECLARED: dict[Any, pa.DataType] = {  # sqlglot DataType.Type -> Arrow
+    exp.DataType.Type.BIGINT: pa.int64(),
+    exp.DataType.Type.INT: pa.int32(),
+    exp.DataType.Type.SMALLINT: pa.int16(),
+    exp.DataType.Type.TINYINT: pa.int8(),
+    exp.DataType.Type.UTINYINT: pa.uint8(),
+    exp.DataType.Type.BIT: pa.bool_(),
+    exp.DataType.Type.BOOLEAN: pa.bool_(),
+    exp.DataType.Type.FLOAT: pa.float32(),
+    exp.DataType.Type.DOUBLE: pa.float64(),
+    exp.DataType.Type.DECIMAL: pa.float64(),
     **{t: pa.string() for t in exp.DataType.TEXT_TYPES},
 }
 
@@ -152,22 +159,23 @@ def _expand_tsql(node: PredictTable, catalog: Catalog) -> exp.Expr:
     p = node.alias_name or "p"
     schema = catalog.schema(data)
     table_name = data.name if isinstance(data, exp.Table) else d
-    packed = exp.Struct(expressions=[
-        exp.PropertyEQ(this=exp.to_identifier(c, quoted=True), expression=exp.column(c, table=d, quoted=True))
-        for c in schema.names
-    ])
-    inner = (
-        exp.select(
-            exp.alias_(packed, d, quoted=True),
-            exp.alias_(_call(fn, model, d, schema, table_name), OUT, quoted=True),
-        )
-        .from_(exp.alias_(data, d, table=True, quoted=True))
+    packed = exp.Struct(
+        expressions=[
+            exp.PropertyEQ(this=exp.to_identifier(c, quoted=True), expression=exp.column(c, table=d, quoted=True))
+            for c in schema.names
+        ]
     )
+    inner = exp.select(
+        exp.alias_(packed, d, quoted=True),
+        exp.alias_(_call(fn, model, d, schema, table_name), OUT, quoted=True),
+    ).from_(exp.alias_(data, d, table=True, quoted=True))
     columns = node.args.get("columns") or [exp.ColumnDef(this=exp.to_identifier(o.name)) for o in model.outputs]
-    outputs = exp.Struct(expressions=[
-        exp.PropertyEQ(this=exp.to_identifier(c.name, quoted=True), expression=_declared_value(model, c))
-        for c in columns
-    ])
+    outputs = exp.Struct(
+        expressions=[
+            exp.PropertyEQ(this=exp.to_identifier(c.name, quoted=True), expression=_declared_value(model, c))
+            for c in columns
+        ]
+    )
     outer = exp.select(
         exp.alias_(exp.column(d, table=INNER, quoted=True), d, quoted=True),
         exp.alias_(outputs, p, quoted=True),
@@ -177,7 +185,7 @@ def _expand_tsql(node: PredictTable, catalog: Catalog) -> exp.Expr:
 
 
 def _predicted_name(output: str) -> str:
-    base = output[len("output_"):] if output.startswith("output_") else output
+    base = output[len("output_") :] if output.startswith("output_") else output
     return f"predicted_{base}"
 
 
@@ -216,8 +224,10 @@ def _qualify_enclosing(node: PredictTable, d: str, p: str, data_cols: set[str], 
     expanded: list[exp.Expr] = []
     for projection in select.expressions:
         if isinstance(projection, exp.Star):
-            expanded += [exp.Column(this=exp.Star(), table=exp.to_identifier(d)),
-                         exp.Column(this=exp.Star(), table=exp.to_identifier(p))]
+            expanded += [
+                exp.Column(this=exp.Star(), table=exp.to_identifier(d)),
+                exp.Column(this=exp.Star(), table=exp.to_identifier(p)),
+            ]
             for join in select.args.get("joins") or []:
                 expanded.append(exp.Column(this=exp.Star(), table=exp.to_identifier(join.this.alias_or_name)))
         else:

@@ -34,7 +34,12 @@ class PredictTable(exp.Expression):
     """
 
     arg_types = {
-        "this": True, "data": True, "runtime": False, "columns": False, "alias": False, "style": False,
+        "this": True,
+        "data": True,
+        "runtime": False,
+        "columns": False,
+        "alias": False,
+        "style": False,
     }
 
     @property
@@ -65,9 +70,7 @@ class _PredictParser:
         while True:
             key = p._curr.text.upper() if p._curr is not None else ""
             if key not in ("MODEL", "DATA", "RUNTIME", "PARAMETERS"):
-                p.raise_error(
-                    f"PREDICT expects MODEL =, DATA =, RUNTIME = arguments, found '{key or 'end'}'"
-                )
+                p.raise_error(f"PREDICT expects MODEL =, DATA =, RUNTIME = arguments, found '{key or 'end'}'")
             p._advance()
             if not p._match(TokenType.EQ):
                 p.raise_error(f"PREDICT expects '=' after {key}")
@@ -105,7 +108,7 @@ def _predicttable_sql(self: Any, expression: PredictTable) -> str:
     return f"{sql} AS {alias}" if alias else sql
 
 
-def _with_predict(base: type[Dialect]) -> type[Dialect]:
+def _with_predict(base: Any) -> type[Dialect]:
     parser = type(f"{base.__name__}PredictParser", (_PredictParser, base.Parser), {})
     transforms = {**base.Generator.TRANSFORMS, PredictTable: _predicttable_sql}
     generator = type(f"{base.__name__}PredictGenerator", (base.Generator,), {"TRANSFORMS": transforms})
