@@ -12,6 +12,36 @@ from scoring.registry import ModelRef
 from scoring.settings import Settings, load_settings
 
 
+def _engine_kind(target: Any) -> str:
+    kind = type(target).__module__.split(".")[0].lstrip("_")  # duckdb 2 types live in `_duckdb`
+    if kind not in ("duckdb", "pyspark"):
+        raise TypeError(f"register() takes a DuckDB connection or a SparkSession, not {type(target).__name__}")
+    return kind
+
+
+def pin(models: Mapping[str, str], settings: Settings | None = None) -> dict[str, ModelRef]:
+    """Resolve each model URI to a pinned, locally cached file (aliases resolved once, here)."""
+    registry = registry_for(settings or load_settings())
+    return {name: registry.resolve(uri) for name, uri in models.items()}
+
+
+def attach(target: Any, pinned: Mapping[str, ModelRef], settings: Settings | None = None) -> None:
+    """Register already pinned models as SQL functions on a DuckDB connection or SparkSession."""
+    settings = settings or load_settings()
+    if _engine_kind(target) == "duckdb":
+        from scoring.engines.duckdb import DuckDBEngine
+
+        engine: Any = DuckDBEngine(con=target)
+        threads = settings.ort_threads or default_threads(_duckdb_threads(target))
+    else:
+        from scoring.engines.spark import SparkEngine
+
+        engine = SparkEngine(spark=target, null=settings.null)
+        threads = 1
+    for name, ref in pinned.items():
+        engine.register_model(name, load_model(ref, threads, settings.null))
+
+
 def register(target: Any, models: Mapping[str, str], *, settings: Settings | None = None) -> dict[str, ModelRef]:
     """Register models as SQL functions on a DuckDB connection or a SparkSession.
 
@@ -28,26 +58,10 @@ def register(target: Any, models: Mapping[str, str], *, settings: Settings | Non
         >>> spark.sql("SELECT customer_id, churn(plan, region, tenure, monthly_spend) AS s FROM customers")
     """
     settings = settings or load_settings()
-    registry = registry_for(settings)
-    kind = type(target).__module__.split(".")[0].lstrip("_")  # duckdb 2 types live in `_duckdb`
-    if kind == "duckdb":
-        from scoring.engines.duckdb import DuckDBEngine
-
-        engine: Any = DuckDBEngine(con=target)
-        threads = settings.ort_threads or default_threads(int(_duckdb_threads(target)))
-    elif kind == "pyspark":
-        from scoring.engines.spark import SparkEngine
-
-        engine = SparkEngine(spark=target, null=settings.null)
-        threads = 1
-    else:
-        raise TypeError(f"register() takes a DuckDB connection or a SparkSession, not {type(target).__name__}")
-    refs = {}
-    for name, uri in models.items():
-        ref = registry.resolve(uri)
-        engine.register_model(name, load_model(ref, threads, settings.null))
-        refs[name] = ref
-    return refs
+    _engine_kind(target)  # refuse a wrong target before touching the registry
+    pinned = pin(models, settings)
+    attach(target, pinned, settings)
+    return pinned
 
 
 def _duckdb_threads(con: Any) -> int:
