@@ -13,12 +13,11 @@ from typing import Any
 from scoring import __version__
 from scoring.cache import default_threads, load_model
 from scoring.engines import check_sql_name, check_table_path
-from scoring.errors import ScoringError
 from scoring.model import Model
 from scoring.registry import ModelRef, Registry
 from scoring.settings import Settings
 from scoring.sql.compile import compile_query
-from scoring.writer import check_target, write_parquet
+from scoring.writer import check_target
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,17 @@ def registry_for(settings: Settings) -> Registry:
     )
 
 
-def _open_duckdb(settings: Settings, resolve: Callable[[str], Model]) -> Any:
+def open_engine(settings: Settings, resolve: Callable[[str], Model]) -> Any:
+    """Start the engine the settings name (each engine module is imported only here)."""
+    if settings.engine == "spark":
+        from scoring.engines.spark import SparkEngine
+
+        return SparkEngine(
+            master=settings.spark_master,
+            resolve=resolve,
+            null=settings.null,
+            jvm_log=Path(settings.home) / "logs" / "spark.log",
+        )
     from scoring.engines.duckdb import DuckDBEngine
 
     return DuckDBEngine(threads=settings.threads, resolve=resolve)
@@ -97,12 +106,7 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
     for name, ref in refs.items():
         log.info("model %s = %s -> %s (sha256 %s)", name, ref.uri, ref.pinned_uri, ref.sha256[:12])
 
-    if settings.engine == "spark":
-        from scoring.engines.spark import run_spark_job
-
-        return run_spark_job(spec, settings, models, resolve, refs, started)
-
-    engine = _open_duckdb(settings, resolve)
+    engine = open_engine(settings, resolve)
     try:
         for name, path in spec.tables.items():
             engine.register_table(name, path)
@@ -112,23 +116,12 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
         sql = compile_query(spec.query, dialect, engine.dialect, engine)
         log.debug("compiled SQL: %s", sql)
         metadata = run_metadata(spec, refs, engine.name, dialect, sql)
-        try:
-            reader = engine.execute(sql, settings.row_group_rows)
-            written = write_parquet(
-                reader, output, metadata, mode=settings.mode, compression=settings.compression, on_batch=on_batch
-            )
-        except ScoringError:
-            raise
-        except Exception as exc:
-            translated = engine.translate(exc)
-            if translated is exc:
-                raise
-            raise translated from None
+        rows = engine.publish(sql, output, metadata, settings, on_batch)
+        scored = {name: count for name, count in engine.rows_scored().items() if name in models}
     finally:
         engine.close()
     seconds = time.perf_counter() - started
-    scored = {name: engine.models[name].stats.rows for name in engine.models}
-    return JobResult(output, written.rows, seconds, refs, scored, sql)
+    return JobResult(output, rows, seconds, refs, scored, sql)
 
 
 def run_metadata(spec: JobSpec, refs: dict[str, ModelRef], engine: str, dialect: str, sql: str) -> dict[str, Any]:

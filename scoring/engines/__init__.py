@@ -7,10 +7,11 @@ inside their own module so that one engine works without the other installed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from scoring.errors import ConfigError, InputDataError
+from scoring.errors import ConfigError, InputDataError, ModelNotFoundError, did_you_mean
 from scoring.model import Model
 
 _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -30,11 +31,37 @@ def check_table_path(name: str, path: str) -> None:
         raise InputDataError(f"table '{name}': no Parquet file or folder at '{path}'")
 
 
+class ModelCatalog:
+    """The part of an engine the SQL front asks for models: bound names, or URIs loaded on demand."""
+
+    models: dict[str, Model]
+    _resolve: Callable[[str], Model] | None
+
+    def register_model(self, name: str, model: Model) -> None:
+        raise NotImplementedError
+
+    def function(self, model: str) -> tuple[str, Model]:
+        """SQL function for a bound model name or a registry URI (registered on first use)."""
+        for bound, loaded in self.models.items():
+            if bound.lower() == model.lower():
+                return bound, loaded
+        if self._resolve is not None and (":" in model or model.endswith(".onnx")):
+            loaded = self._resolve(model)
+            fn = "__scoring_" + re.sub(r"\W", "_", model)
+            self.register_model(fn, loaded)
+            return fn, loaded
+        raise ModelNotFoundError(
+            f"model '{model}' is not bound; bind it with --model {model}=URI or name a registry URI"
+            + did_you_mean(model, self.models)
+        )
+
+
 class Engine(Protocol):
     """What the job needs from an engine."""
 
     name: str
     dialect: str
+    models: dict[str, Model]
 
     def register_model(self, name: str, model: Model) -> None:
         """Expose ``model`` as the SQL function ``name``."""
@@ -42,6 +69,25 @@ class Engine(Protocol):
 
     def register_table(self, name: str, path: str) -> None:
         """Expose the Parquet file, folder or glob at ``path`` as table ``name``."""
+        ...
+
+    def function(self, model: str) -> tuple[str, Model]:
+        """SQL function for a bound model name or a registry URI."""
+        ...
+
+    def publish(
+        self,
+        sql: str,
+        output: Path,
+        metadata: dict[str, Any],
+        settings: Any,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Run ``sql`` and publish its result atomically at ``output``; return the row count."""
+        ...
+
+    def rows_scored(self) -> dict[str, int]:
+        """Rows each registered model has scored."""
         ...
 
     def close(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,11 @@ import pyarrow as pa
 from sqlglot import exp
 
 from scoring import types
-from scoring.engines import check_sql_name, check_table_path
+from scoring.engines import ModelCatalog, check_sql_name, check_table_path
 from scoring.errors import InputDataError, QueryError, ScoringError
 from scoring.model import Model
 from scoring.sql.dialects import read_dialect
+from scoring.writer import write_parquet
 
 # DuckDB never casts DOUBLE to FLOAT implicitly, so float inputs are declared DOUBLE
 # (any number casts to it) and narrowed to float32 when the batch reaches the model.
@@ -37,7 +37,7 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-class DuckDBEngine:
+class DuckDBEngine(ModelCatalog):
     """Run scoring queries on a DuckDB connection.
 
     Args:
@@ -111,23 +111,6 @@ class DuckDBEngine:
 
     # -- the SQL front's catalog ---------------------------------------------------------------
 
-    def function(self, model: str) -> tuple[str, Model]:
-        """SQL function for a bound model name or a registry URI (registered on first use)."""
-        for bound, loaded in self.models.items():
-            if bound.lower() == model.lower():
-                return bound, loaded
-        if self._resolve is not None and (":" in model or model.endswith(".onnx")):
-            loaded = self._resolve(model)
-            fn = "__scoring_" + re.sub(r"\W", "_", model)
-            self.register_model(fn, loaded)
-            return fn, loaded
-        from scoring.errors import ModelNotFoundError, did_you_mean
-
-        raise ModelNotFoundError(
-            f"model '{model}' is not bound; bind it with --model {model}=URI or name a registry URI"
-            + did_you_mean(model, self.models)
-        )
-
     def schema(self, relation: exp.Expr) -> pa.Schema:
         """Arrow schema of a table or subquery, read from DuckDB without scanning rows."""
         sql = (
@@ -149,6 +132,33 @@ class DuckDBEngine:
             return self.con.sql(sql).to_arrow_reader(batch_rows)
         except duckdb.Error as exc:
             raise self.translate(exc) from None
+
+    def publish(
+        self,
+        sql: str,
+        output: Path,
+        metadata: dict[str, Any],
+        settings: Any,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream the query's batches into one Parquet file published atomically at ``output``."""
+        try:
+            reader = self.execute(sql, settings.row_group_rows)
+            written = write_parquet(
+                reader, output, metadata, mode=settings.mode, compression=settings.compression, on_batch=on_batch
+            )
+        except ScoringError:
+            raise
+        except Exception as exc:
+            translated = self.translate(exc)
+            if translated is exc:
+                raise
+            raise translated from None
+        return written.rows
+
+    def rows_scored(self) -> dict[str, int]:
+        """Rows each registered model has scored (its own counter)."""
+        return {name: model.stats.rows for name, model in self.models.items()}
 
     def translate(self, exc: BaseException) -> BaseException:
         """Map a DuckDB error (possibly raised by a model UDF) to a typed error."""

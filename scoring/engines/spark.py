@@ -18,7 +18,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,15 +30,13 @@ import pyarrow.dataset as ds
 from sqlglot import exp
 
 from scoring import types
-from scoring.engines import check_sql_name, check_table_path
+from scoring.engines import ModelCatalog, check_sql_name, check_table_path
 from scoring.errors import (
     EngineUnavailableError,
     InputDataError,
-    ModelNotFoundError,
     OutputError,
     QueryError,
     ScoringError,
-    did_you_mean,
 )
 from scoring.model import Model
 from scoring.registry import ModelRef
@@ -164,7 +161,7 @@ class _ShippedModel:
         return result
 
 
-class SparkEngine:
+class SparkEngine(ModelCatalog):
     """Run scoring queries on a SparkSession.
 
     Args:
@@ -235,21 +232,6 @@ class SparkEngine:
         except Exception as exc:
             raise InputDataError(f"table '{name}': cannot read Parquet at '{path}': {_first_line(exc)}") from None
 
-    def function(self, model: str) -> tuple[str, Model]:
-        """SQL function for a bound model name or a registry URI (registered on first use)."""
-        for bound, loaded in self.models.items():
-            if bound.lower() == model.lower():
-                return bound, loaded
-        if self._resolve is not None and (":" in model or model.endswith(".onnx")):
-            loaded = self._resolve(model)
-            fn = "__scoring_" + re.sub(r"\W", "_", model)
-            self.register_model(fn, loaded)
-            return fn, loaded
-        raise ModelNotFoundError(
-            f"model '{model}' is not bound; bind it with --model {model}=URI or name a registry URI"
-            + did_you_mean(model, self.models)
-        )
-
     def schema(self, relation: exp.Expr) -> pa.Schema:
         """Arrow schema of a table or subquery, from Spark's analyzer (no rows scanned)."""
         from pyspark.sql.pandas.types import to_arrow_schema
@@ -271,6 +253,21 @@ class SparkEngine:
             return self.spark.sql(sql)
         except Exception as exc:
             raise _query_error(exc) from None
+
+    def publish(
+        self,
+        sql: str,
+        output: Path,
+        metadata: dict[str, Any],
+        settings: Any,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write the query's result as a Parquet folder published atomically at ``output``."""
+        return write_folder(self.dataframe(sql), output, metadata, settings.mode, settings.compression)
+
+    def rows_scored(self) -> dict[str, int]:
+        """Rows each registered model has scored, summed by Spark accumulators over all tasks."""
+        return {name: int(acc.value) for name, acc in self.rows.items()}
 
     def close(self) -> None:
         """Stop the session if the engine started it."""
@@ -344,39 +341,3 @@ def _publish(tmp: Path, output: Path, mode: str) -> None:
             os.replace(tmp, output)
         except OSError as exc:
             raise OutputError(f"output '{output}' cannot be published: {exc.strerror}") from None
-
-
-def run_spark_job(
-    spec: Any,
-    settings: Any,
-    models: dict[str, Model],
-    resolve: Callable[[str], Model],
-    refs: dict[str, ModelRef],
-    started: float,
-) -> Any:
-    """The Spark half of :func:`scoring.job.run_job`."""
-    from scoring.job import JobResult, run_metadata
-    from scoring.sql.compile import compile_query
-
-    engine = SparkEngine(
-        master=settings.spark_master,
-        resolve=resolve,
-        null=settings.null,
-        jvm_log=Path(settings.home) / "logs" / "spark.log",
-    )
-    try:
-        for name, path in spec.tables.items():
-            engine.register_table(name, path)
-        for name, model in models.items():
-            engine.register_model(name, model)
-        dialect = spec.dialect or settings.dialect or engine.dialect
-        sql = compile_query(spec.query, dialect, engine.dialect, engine)
-        df = engine.dataframe(sql)
-        metadata = run_metadata(spec, refs, engine.name, dialect, sql)
-        rows = write_folder(
-            df, Path(spec.output), metadata, settings.mode, settings.compression, getattr(spec, "partition_by", None)
-        )
-        scored = {name: int(acc.value) for name, acc in engine.rows.items() if name in models}
-    finally:
-        engine.close()
-    return JobResult(Path(spec.output), rows, time.perf_counter() - started, refs, scored, sql)
