@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,6 +157,28 @@ def _query(args: argparse.Namespace) -> str:
     return args.query  # type: ignore[no-any-return]
 
 
+class _Progress:
+    """A one-line progress display on a terminal: rows written and rows/s, refreshed twice a second."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.started = time.perf_counter()
+        self.shown = 0.0
+
+    def __call__(self, rows: int) -> None:
+        self.rows += rows
+        now = time.perf_counter()
+        if now - self.shown >= 0.5:
+            self.shown = now
+            rate = self.rows / max(now - self.started, 1e-9)
+            sys.stderr.write(f"\r{self.rows:>14,} rows written  {rate:>12,.0f} rows/s")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None = None) -> int:
     from scoring.job import JobSpec, run_job
 
@@ -169,7 +192,12 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None =
             output=args.output,
             dialect=args.dialect,
         )
-    result = run_job(spec, settings)
+    progress = _Progress() if settings.log_format == "text" and sys.stderr.isatty() else None
+    try:
+        result = run_job(spec, settings, on_batch=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     models: dict[str, dict[str, Any]] = {
         name: {"pinned_uri": ref.pinned_uri, "sha256": ref.sha256, "rows_scored": result.rows_scored.get(name, 0)}
         for name, ref in result.models.items()

@@ -13,11 +13,12 @@ from typing import Any
 from scoring import __version__
 from scoring.cache import default_threads, load_model
 from scoring.engines import check_sql_name, check_table_path
+from scoring.errors import ScoringError
 from scoring.model import Model
 from scoring.registry import ModelRef, Registry
 from scoring.settings import Settings
 from scoring.sql.compile import compile_query
-from scoring.writer import check_target
+from scoring.writer import check_target, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,59 @@ def open_engine(settings: Settings, resolve: Callable[[str], Model]) -> Any:
     return DuckDBEngine(threads=settings.threads, resolve=resolve)
 
 
+def manifest_path(output: Path) -> Path:
+    """Where the run manifest of a job writing ``output`` goes: beside it, ``<name>.run.json``."""
+    output = Path(output)
+    return output.parent / f"{output.name}.run.json"
+
+
 def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | None = None) -> JobResult:
-    """Run one job end to end and publish its Parquet result atomically.
+    """Run one job end to end, publish its Parquet result atomically, and write its run manifest.
+
+    The manifest (:func:`manifest_path`) records the pinned models, inputs, output, row counts,
+    timings and the exit status, for a failed run too, so a scheduler can see what happened.
 
     Raises:
         ScoringError: a subclass naming what was wrong; nothing is published.
     """
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
+    manifest: dict[str, Any] = {
+        "scoring_version": __version__,
+        "started_at": started_at,
+        "engine": settings.engine,
+        "models_requested": dict(spec.models),
+        "tables": dict(spec.tables),
+        "output": str(spec.output),
+    }
+    try:
+        result = _run(spec, settings, on_batch, started)
+    except ScoringError as exc:
+        manifest.update(status="failed", exit_code=exc.exit_code, error=str(exc))
+        _write_manifest(spec, manifest, started)
+        raise
+    manifest.update(
+        status="succeeded",
+        exit_code=0,
+        rows=result.rows,
+        rows_scored=result.rows_scored,
+        models={name: ref.describe() for name, ref in result.models.items()},
+    )
+    _write_manifest(spec, manifest, started)
+    return result
+
+
+def _write_manifest(spec: JobSpec, manifest: dict[str, Any], started: float) -> None:
+    manifest["seconds"] = round(time.perf_counter() - started, 3)
+    manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    path = manifest_path(Path(spec.output))
+    try:
+        write_json_atomically(path, manifest)
+    except OSError as exc:  # the manifest must never hide the job's own outcome
+        log.warning("run manifest %s not written: %s", path, exc.strerror)
+
+
+def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | None, started: float) -> JobResult:
     output = Path(spec.output)
     check_target(output, settings.mode, folder=settings.engine == "spark")
     for name in spec.models:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -84,6 +85,9 @@ def test_interrupted_job_leaves_the_previous_result(registry, big_table, tmp_pat
         assert proc.returncode == ExitCode.TERMINATED, err
         assert "stopped by SIGTERM; nothing was published" in err
         assert "Traceback" not in err
-        assert sorted(p.name for p in out.parent.iterdir()) == ["scored.parquet"]  # temp file removed
+        # the temporary file is gone; the run manifest records the stop
+        assert sorted(p.name for p in out.parent.iterdir()) == ["scored.parquet", "scored.parquet.run.json"]
+        manifest = json.loads((out.parent / "scored.parquet.run.json").read_text())
+        assert manifest["status"] == "failed" and manifest["exit_code"] == ExitCode.TERMINATED
     else:
         assert proc.returncode == -signal.SIGKILL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -47,9 +48,14 @@ def error_line(err: str) -> str:
 
 
 def assert_nothing_published(out: Path) -> None:
+    """No result and no temporary file; at most the run manifest, which records the failure."""
     assert not out.exists()
     if out.parent.exists():
-        assert [p.name for p in out.parent.iterdir()] == []
+        assert {p.name for p in out.parent.iterdir()} <= {f"{out.name}.run.json"}
+    manifest = out.parent / f"{out.name}.run.json"
+    if manifest.exists():
+        record = json.loads(manifest.read_text())
+        assert record["status"] == "failed" and record["exit_code"] != 0 and record["error"]
 
 
 def test_success_exit_code_and_metadata(cli):
@@ -59,6 +65,10 @@ def test_success_exit_code_and_metadata(cli):
     assert meta["models"]["gb"]["pinned_uri"] == "models:/gb/1"
     assert len(meta["models"]["gb"]["sha256"]) == 64
     assert meta["rows"] == pq.read_table(out).num_rows == 400
+    manifest = json.loads((out.parent / "scored.parquet.run.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["exit_code"] == 0 and manifest["rows"] == 400
+    assert manifest["models"]["gb"]["sha256"] == meta["models"]["gb"]["sha256"]
+    assert manifest["rows_scored"] == {"gb": 400} and manifest["seconds"] > 0
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def test_spark_job_writes_a_folder_with_a_manifest(registry, run_spark):
     manifest = json.loads((out / "_scoring.json").read_text())
     assert manifest["models"]["gb"]["pinned_uri"] == "models:/gb/1"
     assert manifest["rows"] == len(registry.cases["gb"].frame)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["scored"]  # no temporary folder left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["scored", "scored.run.json"]  # no temporary folder
 
 
 def test_executor_error_is_typed_and_nothing_is_published(registry, run_spark, tmp_path):
@@ -72,4 +72,5 @@ def test_executor_error_is_typed_and_nothing_is_published(registry, run_spark, t
     assert code == ExitCode.SCHEMA_MISMATCH, err
     lines = [line for line in err.splitlines() if line.startswith("scoring: ")]
     assert lines == ["scoring: error: model 'gb' input 'f4' received 1 NULL value(s) while the null policy is 'error'"]
-    assert not out.exists() and list(out.parent.iterdir()) == []
+    assert not out.exists() and [p.name for p in out.parent.iterdir()] == ["scored.run.json"]
+    assert json.loads((out.parent / "scored.run.json").read_text())["exit_code"] == ExitCode.SCHEMA_MISMATCH
