@@ -7,6 +7,10 @@ Everything lives under the bench work folder (``.scoring/bench`` by default):
 - ``mlflow.db`` + ``artifacts/``: an embedded sqlite MLflow registry holding ``bench_gb``,
   ``bench_mlp`` and ``bench_lr`` version 1, each logged with ``mlflow.onnx`` and an MLflow
   signature naming the 20 columns (as ``sql/examples/setup_example.py`` does).
+- ``bench_gb_label`` version 1: the gradient-boosting graph cut down to its ``label`` output,
+  for ``mlflow.pyfunc.spark_udf``: MLflow's ONNX pyfunc builds one pandas DataFrame from all
+  outputs and fails on ``label [N]`` + ``probability [N, 2]`` ("All arrays must be of the same
+  length"), so the udf baseline scores this copy (the same trees, one output fewer).
 - ``onnx/<key>.onnx``: the same ONNX files, for the raw onnxruntime measurement.
 - ``models.json``: what was built; a different model spec rebuilds the registry from scratch.
 """
@@ -37,6 +41,8 @@ MODELS = {
     "mlp": ("bench_mlp", "MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=60, random_state=0)"),
     "lr": ("bench_lr", "LogisticRegression(max_iter=1000)"),
 }
+PYFUNC_NAME = "bench_gb_label"
+PYFUNC_URI = f"models:/{PYFUNC_NAME}/1"
 
 
 @dataclass(frozen=True)
@@ -81,12 +87,15 @@ def data_table(work: Path, rows: int, log=print) -> Path:
         while done < rows:
             n = min(CHUNK, rows - done)
             x = _features(rng, n, mix)
-            writer.write_table(pa.table([pa.array(x[:, j]) for j in range(20)], schema=schema),
-                               row_group_size=ROW_GROUP)
+            writer.write_table(
+                pa.table([pa.array(x[:, j]) for j in range(20)], schema=schema), row_group_size=ROW_GROUP
+            )
             done += n
     tmp.replace(path)
-    log(f"  data: wrote {path} ({rows:,} rows, {path.stat().st_size / 1e6:,.0f} MB) "
-        f"in {time.perf_counter() - started:.1f} s")
+    log(
+        f"  data: wrote {path} ({rows:,} rows, {path.stat().st_size / 1e6:,.0f} MB) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     return path
 
 
@@ -94,8 +103,15 @@ def _spec_hash() -> str:
     import skl2onnx
     import sklearn
 
-    spec = {"models": MODELS, "train_rows": TRAIN_ROWS, "seed": SEED, "opset": OPSET,
-            "sklearn": sklearn.__version__, "skl2onnx": skl2onnx.__version__}
+    spec = {
+        "models": MODELS,
+        "pyfunc": PYFUNC_NAME,
+        "train_rows": TRAIN_ROWS,
+        "seed": SEED,
+        "opset": OPSET,
+        "sklearn": sklearn.__version__,
+        "skl2onnx": skl2onnx.__version__,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -114,8 +130,7 @@ def _estimator(key: str):
         return GradientBoostingClassifier(n_estimators=100, max_depth=4, random_state=0)
     if key == "mlp":
         # A scaler in front, as anyone would fit an MLP; it is a few ONNX ops more.
-        return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=60,
-                                                             random_state=0))
+        return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=60, random_state=0))
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
@@ -124,14 +139,19 @@ def models(work: Path, log=print) -> dict[str, BenchModel]:
     work.mkdir(parents=True, exist_ok=True)
     manifest = work / "models.json"
     spec = _spec_hash()
-    out = {key: BenchModel(key, name, f"models:/{name}/1", work / "onnx" / f"{key}.onnx")
-           for key, (name, _) in MODELS.items()}
+    out = {
+        key: BenchModel(key, name, f"models:/{name}/1", work / "onnx" / f"{key}.onnx")
+        for key, (name, _) in MODELS.items()
+    }
     try:
         cached = json.loads(manifest.read_text())
     except (OSError, ValueError):
         cached = {}
-    if (cached.get("spec") == spec and (work / "mlflow.db").is_file()
-            and all(m.onnx_path.is_file() for m in out.values())):
+    if (
+        cached.get("spec") == spec
+        and (work / "mlflow.db").is_file()
+        and all(m.onnx_path.is_file() for m in out.values())
+    ):
         return out
 
     # A fresh registry: drop whatever an older spec left (registry, artifacts, model cache).
@@ -180,15 +200,27 @@ def models(work: Path, log=print) -> dict[str, BenchModel]:
         )
         model.onnx_path.write_bytes(onx.SerializeToString())
         signature = infer_signature(signature_input, estimator.predict(x32))
-        with mlflow.start_run(run_name=f"bench-{key}"):
-            info = mlflow.onnx.log_model(onx, name="model", signature=signature,
-                                         registered_model_name=model.name)
-        assert str(info.registered_model_version) == "1", info.registered_model_version
+        variants = [(model.name, onx)]
+        if key == "gb":
+            variants.append((PYFUNC_NAME, _label_only(onx)))
+        for name, graph in variants:
+            with mlflow.start_run(run_name=f"bench-{name}"):
+                info = mlflow.onnx.log_model(graph, name="model", signature=signature, registered_model_name=name)
+            assert str(info.registered_model_version) == "1", info.registered_model_version
         accuracy = float((estimator.predict(x32) == y).mean())
-        log(f"  model: registered {model.uri} ({type(estimator).__name__}, train accuracy {accuracy:.3f}) "
-            f"in {time.perf_counter() - started:.1f} s")
+        log(
+            f"  model: registered {model.uri} ({type(estimator).__name__}, train accuracy {accuracy:.3f}) "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
     manifest.write_text(json.dumps({"spec": spec, "models": {k: m.uri for k, m in out.items()}}, indent=2))
     return out
+
+
+def _label_only(onx):
+    """The same graph with only its ``label`` output (what MLflow's ONNX pyfunc can serve)."""
+    from onnx.utils import Extractor
+
+    return Extractor(onx).extract_model([i.name for i in onx.graph.input], ["label"])
 
 
 def read_matrix(path: Path) -> np.ndarray:

@@ -1,0 +1,790 @@
+"""``make bench``: how close a ``scoring run`` job comes to the cost of its parts, and to Spark.
+
+Measured side by side on the same rows, for each model (gradient boosting, MLP, logistic
+regression, all skl2onnx with one [N, 20] float input and outputs ``label``, ``probability``):
+
+(a) raw onnxruntime on the in-memory batch (the ceiling): the table read to a float32 numpy
+    matrix once, outside the timing, then ``session.run`` over it in big chunks, default session;
+(b) a plain DuckDB Parquet -> Parquet copy of the same table, in its own process;
+(c) bare process start-up importing what the job imports;
+(d) the whole ``scoring run --engine duckdb`` process, function form and T-SQL ``PREDICT`` form;
+(e) the whole ``scoring run --engine spark`` process (local[2]), gradient boosting only;
+(f) ``mlflow.pyfunc.spark_udf`` in its own process with its own local[2] SparkSession (and
+    the same process with no model: Spark's own read + write floor);
+and the peak memory of a DuckDB job over ``--memory-rows`` rows.
+
+Wall time is the whole process (start-up, JVM start, model loading included). Peak memory is
+the RSS of the process tree summed and sampled every 50 ms with psutil ("tree RSS"); the kernel's
+exact high-water mark of the largest single process, ``ru_maxrss`` from ``os.wait4`` on the child,
+is reported beside it ("maxrss"). Both are taken by measure_child.py, a small parent process, so
+that the bench process's own memory is not inherited into the children's ``ru_maxrss``. CPU
+seconds (user + system of the child and what it waited for; this process's own for the
+in-process figures) are printed too: on a busy machine they move less than wall time.
+
+Prints a table, writes ``<work>/results.json`` and ``<work>/rows_per_s.png``. Data, models and the
+registry are cached under ``<work>`` (default ``.scoring/bench``) between runs.
+
+    python tests/bench/bench.py [--rows 2000000] [--spark-rows 4000000] [--memory-rows 10000000]
+                                [--no-spark] [--models gb,mlp,lr] [--repeat 1] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import prepare
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+BIN = Path(sys.executable).parent
+FEATURE_LIST = ", ".join(prepare.FEATURES)
+FN_QUERY = f"SELECT *, m({FEATURE_LIST}) AS p FROM t"
+TSQL_QUERY = (
+    "SELECT d.*, p.label, p.probability FROM PREDICT(MODEL = 'm', DATA = t AS d, RUNTIME = ONNX) "
+    "WITH (label BIGINT, probability SQL_VARIANT) AS p"
+)
+STARTUP_IMPORTS = "import scoring.cli, duckdb, onnxruntime, mlflow, pyarrow"
+# The job writes zstd, one row group per 131,072-row batch: the copy in the ratio does the same.
+COPY_AS_JOB = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 131072"
+COPY_PLAIN = "FORMAT parquet"
+ORT_CHUNK = 131_072
+DUCKDB_BATCH = 2_048  # rows per call DuckDB hands a vectorized Python UDF (one vector)
+TARGET_RATIO = 1.15
+TARGET_SPEEDUP = 4.0
+TARGET_MEMORY = 1.5e9
+POLL_S = 0.05  # as in measure_child.py
+MB = 1e6
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """One child process: wall time, peak memory, exit status and output."""
+
+    wall_s: float
+    cpu_s: float  # user + system seconds of the child and the descendants it waited for
+    rc: int
+    tree_rss: int  # bytes: peak of the summed RSS of the process tree, sampled every POLL_S
+    maxrss: int  # bytes: ru_maxrss from wait4 (largest single process of the tree)
+    stdout: str = field(repr=False)
+    stderr: str = field(repr=False)
+
+    def error_line(self) -> str:
+        """The line that says what went wrong: ``scoring: ...`` if any, else the last line."""
+        lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
+        for line in lines:
+            if line.startswith("scoring:"):
+                return line
+        return lines[-1] if lines else f"exit code {self.rc}"
+
+    def json_line(self) -> dict[str, Any]:
+        """The last stdout line that parses as a JSON object (what the scripts print)."""
+        for line in reversed(self.stdout.splitlines()):
+            if line.startswith("{"):
+                try:
+                    return dict(json.loads(line))
+                except ValueError:
+                    continue
+        return {}
+
+
+def run_process(cmd: list[str], env: dict[str, str] | None = None) -> Proc:
+    """Run ``cmd`` to completion under measure_child.py (which see for what is measured)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        with out.open("wb") as fo, err.open("wb") as fe:
+            wrapper = subprocess.run(
+                [sys.executable, str(HERE / "measure_child.py"), str(result), "--", *cmd],
+                cwd=ROOT,
+                env=env,
+                stdout=fo,
+                stderr=fe,
+                check=False,
+            )
+        stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+        if wrapper.returncode != 0 or not result.is_file():
+            return Proc(0.0, 0.0, wrapper.returncode or 1, 0, 0, stdout, stderr)
+        m = json.loads(result.read_text())
+        return Proc(m["wall_s"], m["cpu_s"], m["rc"], m["tree_rss"], m["maxrss"], stdout, stderr)
+
+
+def best(runs: list[Proc]) -> Proc:
+    """The fastest of repeated runs, with the highest peak memory seen in any of them."""
+    fastest = min(runs, key=lambda r: r.wall_s)
+    return Proc(
+        fastest.wall_s,
+        fastest.cpu_s,
+        fastest.rc,
+        max(r.tree_rss for r in runs),
+        max(r.maxrss for r in runs),
+        fastest.stdout,
+        fastest.stderr,
+    )
+
+
+def repeat(times: int, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
+    runs = []
+    for _ in range(times):
+        runs.append(run_process(cmd, env))
+        if runs[-1].rc != 0:
+            return runs[-1]
+    return best(runs)
+
+
+def warm_file(path: Path) -> None:
+    """Read a file (or folder) once so that every measurement starts from the page cache."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        with f.open("rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def parquet_rows(path: Path) -> int:
+    import pyarrow.dataset as ds
+
+    return int(ds.dataset(path, format="parquet").count_rows())
+
+
+def remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    path: str
+    model: str
+    rows: int
+    seconds: float | None
+    cpu_s: float | None = None
+    tree_rss: int | None = None
+    maxrss: int | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float | None:
+        return self.rows / self.seconds if self.seconds and self.rows else None
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(args.work).resolve()
+        self.out = self.work / "out"
+        self.rows: list[Row] = []
+        self.unavailable: dict[str, str] = {}
+        self.env = dict(os.environ)
+        for key in (
+            "MLFLOW_REGISTRY_URI",
+            "SCORING_TRACKING_URI",
+            "SCORING_REGISTRY_URI",
+            "SCORING_CACHE_DIR",
+            "SCORING_HOME",
+            "SCORING_ENGINE",
+            "SCORING_DIALECT",
+            "SCORING_LOG_FORMAT",
+        ):
+            self.env.pop(key, None)
+        self.env.update(
+            {
+                "MLFLOW_TRACKING_URI": prepare.tracking_uri(self.work),
+                "SCORING_HOME": str(self.work),
+                "SCORING_SPARK_MASTER": args.spark_master,
+                "PYSPARK_PYTHON": sys.executable,
+                "PYSPARK_DRIVER_PYTHON": sys.executable,
+            }
+        )
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        rate = f"{row.rows_per_s:>12,.0f} rows/s" if row.rows_per_s else ""
+        mem = f"  tree RSS {row.tree_rss / MB:,.0f} MB" if row.tree_rss else ""
+        secs = f"{row.seconds:8.2f} s" if row.seconds is not None else "       -  "
+        if row.cpu_s is not None:
+            secs += f" ({row.cpu_s:6.2f} cpu)"
+        self.log(f"  {row.path:<34} {row.model:<4} {secs} {rate}{mem}  {row.note}")
+        return row
+
+    def find(self, path: str, model: str) -> Row | None:
+        return next((r for r in self.rows if r.path == path and r.model == model), None)
+
+    # -- (a) raw onnxruntime, and the in-process breakdown ------------------------------------
+
+    def raw_ort(self, key: str, model: prepare.BenchModel, matrix: Any) -> None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        chunk = self.args.ort_chunk
+        wall, cpu = self._timed(
+            lambda: [session.run(None, {name: matrix[i : i + chunk]}) for i in range(0, len(matrix), chunk)]
+        )
+        note = f"default session, {chunk:,}-row chunks, float32 in memory"
+        self.add(Row("onnxruntime (ceiling)", key, len(matrix), wall, cpu_s=cpu, note=note))
+
+    def _timed(self, work: Any) -> tuple[float, float]:
+        """Wall and CPU seconds (this process, all threads) of the fastest of max(3, --repeat) runs."""
+        work()  # warm-up: allocations, kernels, caches
+        runs = []
+        for _ in range(max(3, self.args.repeat)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            work()
+            runs.append((time.perf_counter() - wall, time.process_time() - cpu))
+        return min(runs)
+
+    def breakdown(self, key: str, model: prepare.BenchModel, matrix: Any, table: Any) -> None:
+        """Where the UDF's time goes, in this process, on one thread, with the job's own session.
+
+        The job runs DuckDB with one thread per core and gives each onnxruntime session
+        cores // threads intra-op threads (1 here on 2 cores), with spinning off. These three
+        figures use exactly that session (scoring.cache.load_model), on one calling thread:
+        onnxruntime over 131,072-row and over 2,048-row float32 chunks, then Model.predict (the
+        UDF body: Arrow float64 columns -> float32 matrix -> session -> STRUCT<label, LIST>)
+        over 2,048-row Arrow batches, the size DuckDB hands a vectorized UDF.
+        """
+        from scoring.cache import default_threads, load_model
+        from scoring.job import registry_for
+        from scoring.settings import load_settings
+
+        settings = load_settings(home=self.work, tracking_uri=prepare.tracking_uri(self.work))
+        threads = settings.ort_threads or default_threads(settings.threads or default_threads())
+        loaded = load_model(registry_for(settings).resolve(model.uri), threads)
+        session, name = loaded.session, loaded.inputs[0].name
+        n = min(len(matrix), self.args.breakdown_rows)
+        sub = matrix[:n]
+        batches = [list(b.columns) for b in table.slice(0, n).to_batches(max_chunksize=DUCKDB_BATCH)]
+        label = f"{threads} intra-op thread{'s' if threads > 1 else ''}, 1 caller"
+        for path, work, note in (
+            (f"job session {ORT_CHUNK:,}-row chunks", self._chunks(session, name, sub, ORT_CHUNK), label),
+            (f"job session {DUCKDB_BATCH:,}-row chunks", self._chunks(session, name, sub, DUCKDB_BATCH), label),
+            (
+                f"Model.predict {DUCKDB_BATCH:,}-row batches",
+                lambda: [loaded.predict(columns) for columns in batches],
+                f"{label}; Arrow float64 in, STRUCT out",
+            ),
+        ):
+            wall, cpu = self._timed(work)
+            self.add(Row(path, key, n, wall, cpu_s=cpu, note=note))
+
+    @staticmethod
+    def _chunks(session: Any, name: str, matrix: Any, chunk: int) -> Any:
+        return lambda: [session.run(None, {name: matrix[i : i + chunk]}) for i in range(0, len(matrix), chunk)]
+
+    # -- (b) copy, (c) start-up -----------------------------------------------------------------
+
+    def copy(self, source: Path, rows: int) -> None:
+        for label, options in (
+            ("DuckDB copy (as the job writes)", COPY_AS_JOB),
+            ("DuckDB copy (FORMAT parquet)", COPY_PLAIN),
+        ):
+            target = self.out / "copy.parquet"
+            proc = repeat(
+                self.args.repeat, [sys.executable, str(HERE / "copy_job.py"), str(source), str(target), options]
+            )
+            if proc.rc != 0:
+                self.unavailable[label] = proc.error_line()
+                self.log(f"  {label}: failed: {proc.error_line()}")
+                continue
+            phases = proc.json_line()
+            self.add(
+                Row(
+                    label,
+                    "-",
+                    rows,
+                    proc.wall_s,
+                    cpu_s=proc.cpu_s,
+                    tree_rss=proc.tree_rss,
+                    maxrss=proc.maxrss,
+                    note=f"COPY statement {phases['copy_s']:.2f} s ({options})",
+                    extra={"copy_s": phases["copy_s"], "import_s": phases["import_s"], "options": options},
+                )
+            )
+            remove(target)
+
+    def startup(self) -> None:
+        runs = [run_process([sys.executable, "-c", STARTUP_IMPORTS], self.env) for _ in range(max(3, self.args.repeat))]
+        failed = [r for r in runs if r.rc != 0]
+        if failed:
+            raise SystemExit(f"bench: start-up imports failed: {failed[0].error_line()}")
+        median = statistics.median(r.wall_s for r in runs)
+        self.add(
+            Row(
+                "bare start-up (imports)",
+                "-",
+                0,
+                median,
+                cpu_s=statistics.median(r.cpu_s for r in runs),
+                tree_rss=max(r.tree_rss for r in runs),
+                maxrss=max(r.maxrss for r in runs),
+                note=f"median of {len(runs)}: python -c '{STARTUP_IMPORTS}'",
+            )
+        )
+
+    # -- (d) DuckDB jobs --------------------------------------------------------------------------
+
+    def job(
+        self,
+        path: str,
+        key: str,
+        model: prepare.BenchModel,
+        source: Path,
+        rows: int,
+        *,
+        engine: str = "duckdb",
+        query: str = FN_QUERY,
+        dialect: str | None = None,
+        env: dict[str, str] | None = None,
+        note: str = "",
+    ) -> Row | None:
+        output = self.out / f"{engine}_{key}" if engine == "spark" else self.out / f"{engine}_{key}.parquet"
+        remove(output)
+        cmd = [
+            str(BIN / "scoring"),
+            "run",
+            "--engine",
+            engine,
+            "--model",
+            f"m={model.uri}",
+            "--table",
+            f"t={source}",
+            "--query",
+            query,
+            "--output",
+            str(output),
+            "--log-format",
+            "json",
+        ]
+        if dialect:
+            cmd += ["--dialect", dialect]
+        proc = repeat(self.args.repeat, cmd, env or self.env)
+        if proc.rc != 0:
+            self.unavailable[f"{path} {key}"] = proc.error_line()
+            label = "spark" if engine == "spark" else path
+            self.log(f"{label}: unavailable: {proc.error_line()}")
+            remove(output)
+            return None
+        summary = proc.json_line()
+        written = parquet_rows(output)
+        remove(output)
+        check = "" if written == rows else f"WRONG ROW COUNT {written:,} != {rows:,}; "
+        return self.add(
+            Row(
+                path,
+                key,
+                rows,
+                proc.wall_s,
+                # The JVM (and Spark's Python workers) are never waited for by the driver, so
+                # wait4 misses their CPU: a Spark row's CPU would be the driver's alone.
+                cpu_s=None if engine == "spark" else proc.cpu_s,
+                tree_rss=proc.tree_rss,
+                maxrss=proc.maxrss,
+                note=f"{check}in-job {summary.get('seconds', float('nan')):.2f} s{note}",
+                extra={"job_seconds": summary.get("seconds"), "rows_written": written, "driver_cpu_s": proc.cpu_s},
+            )
+        )
+
+    # -- (f) spark_udf --------------------------------------------------------------------------------
+
+    def spark_udf(self, source: Path, rows: int, *, model: bool = True) -> None:
+        path = "mlflow spark_udf" if model else "Spark copy (no model)"
+        output = self.out / ("spark_udf_gb" if model else "spark_copy")
+        remove(output)
+        cmd = [
+            sys.executable,
+            str(HERE / "spark_udf_job.py"),
+            prepare.PYFUNC_URI if model else "-",
+            str(source),
+            str(output),
+            "--master",
+            self.args.spark_master,
+        ]
+        proc = repeat(self.args.repeat, cmd, self.env)
+        if proc.rc != 0:
+            self.unavailable[f"{path} gb"] = proc.error_line()
+            self.log(f"{'spark_udf' if model else 'spark copy'}: unavailable: {proc.error_line()}")
+            remove(output)
+            return
+        phases = proc.json_line()
+        written = parquet_rows(output)
+        remove(output)
+        check = "" if written == rows else f"WRONG ROW COUNT {written:,} != {rows:,}; "
+        what = "score+write" if model else "read+write"
+        self.add(
+            Row(
+                path,
+                "gb" if model else "-",
+                rows,
+                proc.wall_s,
+                cpu_s=None,  # as for the Spark job: the JVM's CPU is not visible to wait4
+                tree_rss=proc.tree_rss,
+                maxrss=proc.maxrss,
+                note=f"{check}JVM start {phases.get('session_s', 0):.1f} s, {what} "
+                f"{phases.get('score_write_s', 0):.1f} s" + ("; label-only copy of the graph" if model else ""),
+                extra=dict(phases, driver_cpu_s=proc.cpu_s),
+            )
+        )
+
+    # -- the run ----------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        args = self.args
+        keys = [k.strip() for k in args.models.split(",") if k.strip()]
+        unknown = set(keys) - set(prepare.MODELS)
+        if unknown:
+            raise SystemExit(f"bench: unknown model(s) {sorted(unknown)}; choose from {sorted(prepare.MODELS)}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        meta = environment()
+        self.log(f"bench: {meta['cpus']} CPUs, load average {meta['load_before']}, work folder {self.work}")
+        if meta["load_before"][0] > 0.5 * meta["cpus"]:
+            self.log("bench: warning: the machine is busy; timings and ratios will be noisy")
+
+        self.log("preparing data and models (cached under the work folder)")
+        models = prepare.models(self.work, self.log)
+        source = prepare.data_table(self.work, args.rows, self.log)
+        spark_source = prepare.data_table(self.work, args.spark_rows, self.log) if args.spark else None
+        memory_source = prepare.data_table(self.work, args.memory_rows, self.log) if args.memory_rows else None
+        for key in keys:  # pin each model into the job's cache once, outside every timing
+            proc = run_process([str(BIN / "scoring"), "models", "inspect", models[key].uri], self.env)
+            if proc.rc != 0:
+                raise SystemExit(f"bench: model {models[key].uri} cannot be inspected: {proc.error_line()}")
+
+        import pyarrow.parquet as pq
+
+        warm_file(source)
+        table = pq.read_table(source)
+        matrix = prepare.read_matrix(source)
+        self.log(f"\n(c) start-up, (b) copy: {args.rows:,} rows")
+        self.startup()
+        self.copy(source, args.rows)
+        for key in keys:
+            self.log(f"\nmodel {key} ({models[key].uri}), {args.rows:,} rows")
+            self.raw_ort(key, models[key], matrix)
+            if args.breakdown_rows:
+                self.breakdown(key, models[key], matrix, table)
+            self.job("DuckDB job", key, models[key], source, args.rows)
+            self.job(
+                "DuckDB job (T-SQL PREDICT)", key, models[key], source, args.rows, query=TSQL_QUERY, dialect="tsql"
+            )
+            if args.sweep:
+                for threads, ort_threads in ((1, 1), (1, 2), (2, 1), (2, 2)):
+                    env = dict(self.env, SCORING_THREADS=str(threads), SCORING_ORT_THREADS=str(ort_threads))
+                    self.job(
+                        f"DuckDB job threads={threads} ort={ort_threads}", key, models[key], source, args.rows, env=env
+                    )
+        del table, matrix
+
+        if spark_source is not None and "gb" in models:
+            self.log(f"\n(e) Spark job, (f) spark_udf: gb, {args.spark_rows:,} rows, {args.spark_master}")
+            warm_file(spark_source)
+            self.job("Spark job", "gb", models["gb"], spark_source, args.spark_rows, engine="spark")
+            self.spark_udf(spark_source, args.spark_rows)
+            self.spark_udf(spark_source, args.spark_rows, model=False)
+
+        if memory_source is not None:
+            self.log(f"\nmemory: DuckDB job, gb, {args.memory_rows:,} rows")
+            warm_file(memory_source)
+            self.job("DuckDB job (memory)", "gb", models["gb"], memory_source, args.memory_rows)
+
+        meta["load_after"] = list(os.getloadavg())
+        return {
+            "meta": meta,
+            "args": vars(args),
+            "rows": [dict(asdict(r), rows_per_s=r.rows_per_s) for r in self.rows],
+            "ratios": self.ratios(keys),
+            "unavailable": self.unavailable,
+        }
+
+    def ratios(self, keys: list[str]) -> dict[str, Any]:
+        args = self.args
+        out: dict[str, Any] = {"job_vs_parts": {}}
+        startup = self.find("bare start-up (imports)", "-")
+        copy = self.find("DuckDB copy (as the job writes)", "-")
+        for key in keys:
+            ort_row = self.find("onnxruntime (ceiling)", key)
+            for path in ("DuckDB job", "DuckDB job (T-SQL PREDICT)"):
+                job = self.find(path, key)
+                if not (job and ort_row and copy and startup and job.seconds and ort_row.seconds and startup.seconds):
+                    continue
+                parts = ort_row.seconds + copy.extra["copy_s"] + startup.seconds
+                ratio = job.seconds / parts
+                # The same ratio in CPU seconds (copy: its whole process), steadier on a busy machine.
+                cpu_parts = (ort_row.cpu_s or 0) + (copy.cpu_s or 0) + (startup.cpu_s or 0)
+                cpu_ratio = job.cpu_s / cpu_parts if job.cpu_s and cpu_parts else None
+                target = TARGET_RATIO if key in ("gb", "mlp") else None
+                out["job_vs_parts"][f"{path} {key}"] = {
+                    "job_s": job.seconds,
+                    "ort_s": ort_row.seconds,
+                    "copy_s": copy.extra["copy_s"],
+                    "startup_s": startup.seconds,
+                    "parts_s": parts,
+                    "ratio": ratio,
+                    "cpu_ratio": cpu_ratio,
+                    "target": target,
+                    "met": None if target is None else ratio <= target,
+                    "rows": args.rows,
+                    "target_rows": 2_000_000,
+                }
+        spark = self.find("Spark job", "gb")
+        udf = self.find("mlflow spark_udf", "gb")
+        floor = self.find("Spark copy (no model)", "-")
+        if spark and udf and spark.seconds and udf.seconds:
+            speedup = udf.seconds / spark.seconds
+            out["spark_speedup"] = {
+                "spark_job_s": spark.seconds,
+                "spark_udf_s": udf.seconds,
+                # No Spark job can beat a plain Spark read + write: udf / copy bounds the speedup.
+                "spark_copy_s": floor.seconds if floor else None,
+                "speedup_bound": udf.seconds / floor.seconds if floor and floor.seconds else None,
+                "speedup": speedup,
+                "target": TARGET_SPEEDUP,
+                "met": speedup >= TARGET_SPEEDUP,
+                "rows": args.spark_rows,
+                "target_rows": 4_000_000,
+            }
+        else:
+            out["spark_speedup"] = None
+        memory = self.find("DuckDB job (memory)", "gb")
+        if memory and memory.tree_rss:
+            out["memory"] = {
+                "tree_rss_bytes": memory.tree_rss,
+                "maxrss_bytes": memory.maxrss,
+                "target_bytes": TARGET_MEMORY,
+                "met": memory.tree_rss <= TARGET_MEMORY,
+                "rows": args.memory_rows,
+                "target_rows": 10_000_000,
+            }
+        else:
+            out["memory"] = None
+        return out
+
+
+def environment() -> dict[str, Any]:
+    import duckdb
+    import onnxruntime
+    import pyarrow
+
+    versions = {
+        "python": platform.python_version(),
+        "duckdb": duckdb.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+    for name in ("mlflow", "pyspark", "sklearn", "skl2onnx"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # a missing optional library is only a blank in the report
+            versions[name] = None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "cpus": cpus,
+        "load_before": list(os.getloadavg()),
+        "versions": versions,
+        "scoring_env": {k: v for k, v in os.environ.items() if k.startswith("SCORING_")},
+        "memory_measure": f"tree RSS: psutil, RSS of the process and all descendants summed, sampled every "
+        f"{POLL_S * 1000:.0f} ms, peak; maxrss: ru_maxrss of os.wait4 on the child "
+        "(largest single process)",
+    }
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        f"| {'path':<34} | {'model':<5} | {'rows':>10} | {'wall s':>8} | {'cpu s':>7} | {'rows/s':>12} | "
+        f"{'tree RSS MB':>11} | {'maxrss MB':>9} |",
+        f"|{'-' * 36}|{'-' * 7}|{'-' * 12}|{'-' * 10}|{'-' * 9}|{'-' * 14}|{'-' * 13}|{'-' * 11}|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['path']:<34} | {r['model']:<5} | {r['rows']:>10,} | {_fmt(r['seconds'], '8.2f')} | "
+            f"{_fmt(r['cpu_s'], '7.2f'):>7} | {_fmt(r['rows_per_s'], '12,.0f'):>12} | "
+            f"{_fmt(r['tree_rss'] and r['tree_rss'] / MB, '11,.0f'):>11} | "
+            f"{_fmt(r['maxrss'] and r['maxrss'] / MB, '9,.0f'):>9} |"
+        )
+    return "\n".join(lines)
+
+
+def ratio_lines(results: dict[str, Any]) -> list[str]:
+    ratios = results["ratios"]
+    lines = []
+    for name, r in ratios["job_vs_parts"].items():
+        verdict = (
+            ""
+            if r["target"] is None
+            else (
+                f"  target <= {r['target']:.2f}{'' if r['rows'] == r['target_rows'] else ' (at 2M rows)'}: "
+                f"{'met' if r['met'] else 'NOT MET'}"
+            )
+        )
+        lines.append(
+            f"{name:<32} {r['job_s']:7.2f} s / ({r['ort_s']:.2f} ort + {r['copy_s']:.2f} copy + "
+            f"{r['startup_s']:.2f} start-up = {r['parts_s']:.2f} s) = {r['ratio']:.2f}{verdict}"
+            + ("" if r["cpu_ratio"] is None else f"  [cpu-seconds ratio {r['cpu_ratio']:.2f}]")
+        )
+    s = ratios["spark_speedup"]
+    if s:
+        at = "" if s["rows"] == s["target_rows"] else " (at 4M rows)"
+        lines.append(
+            f"{'Spark job vs spark_udf':<32} {s['spark_udf_s']:.2f} s / {s['spark_job_s']:.2f} s = "
+            f"{s['speedup']:.2f}x  target >= {s['target']:.0f}x{at}: {'met' if s['met'] else 'NOT MET'}"
+            + (
+                ""
+                if s["speedup_bound"] is None
+                else f"  [Spark copy, no model: {s['spark_copy_s']:.2f} s; bound udf/copy {s['speedup_bound']:.2f}x]"
+            )
+        )
+    elif results["args"]["spark"]:
+        why = "; ".join(f"{k}: {v}" for k, v in results["unavailable"].items() if "park" in k) or "not measured"
+        lines.append(f"{'Spark job vs spark_udf':<32} n/a ({why})")
+    m = ratios["memory"]
+    if m:
+        at = "" if m["rows"] == m["target_rows"] else " (at 10M rows)"
+        lines.append(
+            f"{'DuckDB job peak memory':<32} {m['tree_rss_bytes'] / 1e9:.2f} GB tree RSS "
+            f"({m['maxrss_bytes'] / 1e9:.2f} GB maxrss) at {m['rows']:,} rows  "
+            f"target <= {m['target_bytes'] / 1e9:.1f} GB{at}: {'met' if m['met'] else 'NOT MET'}"
+        )
+    return lines
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [
+        "onnxruntime (ceiling)",
+        "DuckDB job",
+        "DuckDB job (T-SQL PREDICT)",
+        "DuckDB copy (as the job writes)",
+        "Spark job",
+        "mlflow spark_udf",
+    ]
+    rows = results["rows"]
+    models = [k for k in prepare.MODELS if any(r["model"] == k for r in rows)]
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    width = 0.8 / len(series)
+    for i, name in enumerate(series):
+        values = []
+        for key in models:
+            match = [r for r in rows if r["path"] == name and r["model"] in (key, "-") and r["rows_per_s"]]
+            values.append(match[0]["rows_per_s"] if match else 0)
+        if not any(values):
+            continue
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(models))]
+        bars = ax.bar(xs, values, width, label=name)
+        for bar, value in zip(bars, values, strict=True):
+            if value:
+                ax.annotate(
+                    f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.0f}k",
+                    (bar.get_x() + bar.get_width() / 2, value),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+    args = results["args"]
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(models)), [f"{k} ({prepare.MODELS[k][0]})" for k in models])
+    ax.set_ylabel("rows / s (log scale)")
+    ax.set_title(
+        f"Rows per second per path: {args['rows']:,} rows (Spark paths: {args['spark_rows']:,}), "
+        f"{results['meta']['cpus']} CPUs"
+    )
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows scored by every path but Spark (default 2M)")
+    parser.add_argument("--spark-rows", type=int, default=4_000_000, help="rows for the Spark paths (default 4M)")
+    parser.add_argument(
+        "--memory-rows",
+        type=int,
+        default=10_000_000,
+        help="rows of the DuckDB job whose peak memory is checked (default 10M; 0 skips)",
+    )
+    parser.add_argument("--no-spark", dest="spark", action="store_false", help="skip the Spark job and spark_udf")
+    parser.add_argument("--models", default="gb,mlp,lr", help="models to measure (default gb,mlp,lr)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement, the fastest kept (default 1)")
+    parser.add_argument("--ort-chunk", type=int, default=ORT_CHUNK, help="rows per session.run for the ceiling")
+    parser.add_argument(
+        "--breakdown-rows",
+        type=int,
+        default=300_000,
+        help="rows for the in-process UDF breakdown (default 300k; 0 skips)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also run the DuckDB job under other SCORING_THREADS / SCORING_ORT_THREADS settings",
+    )
+    parser.add_argument("--spark-master", default="local[2]", help="Spark master for both Spark paths")
+    parser.add_argument("--work", default=str(ROOT / ".scoring" / "bench"), help="work folder (default .scoring/bench)")
+    args = parser.parse_args(argv)
+    if args.rows < 1 or args.spark_rows < 1 or args.memory_rows < 0 or args.repeat < 1:
+        parser.error("--rows, --spark-rows and --repeat must be positive, --memory-rows >= 0")
+
+    bench = Bench(args)
+    results = bench.run()
+    work = bench.work
+    (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    try:
+        chart(results, work / "rows_per_s.png")
+    except ImportError as exc:  # matplotlib is in the dev extra; a bare environment still gets the figures
+        print(f"chart: unavailable: {exc}")
+    print()
+    print(table(results))
+    print()
+    for line in ratio_lines(results):
+        print(line)
+    for name, reason in results["unavailable"].items():
+        print(f"unavailable: {name}: {reason}")
+    print(f"\nresults: {work / 'results.json'}\nchart:   {work / 'rows_per_s.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
