@@ -214,7 +214,18 @@ class Registry:
         except Exception:  # suggestions are best effort
             return []
 
+    def _pinned_key(self, name: str, version: str) -> str:
+        return hashlib.sha256(f"{self.registry_uri}|{name}|{version}".encode()).hexdigest()[:32]
+
     def _resolve_registered(self, uri: str, name: str, version: str | None, alias: str | None) -> ModelRef:
+        if alias is None and version is not None and version.isdigit():
+            # A registry never changes what a version number holds, so a numbered version already
+            # in the cache needs no registry call at all (and no MLflow import: ~1.5 s per job).
+            cached = self._cached(self._pinned_key(name, version))
+            if cached is not None:
+                sha, signature = cached
+                log.info("model %s pinned to %s (sha256 %s, cached)", uri, uri, sha[:12])
+                return ModelRef(uri, name, version, sha, self._blob(sha), f"models:/{name}/{version}", signature)
         registered = self._call_model(name)
         if alias is not None:
             aliases = dict(getattr(registered, "aliases", {}) or {})
@@ -238,10 +249,16 @@ class Registry:
         if cached is not None:
             sha, signature = cached
             log.info("model %s pinned to %s (sha256 %s, cached)", uri, pinned, sha[:12])
+            self._write_ref(
+                self._pinned_key(name, version), {"sha256": sha, "signature": signature, "pinned_uri": pinned}
+            )
             return ModelRef(uri, name, version, sha, self._blob(sha), pinned, signature)
 
         download_uri = self._call(f"model '{pinned}'", self.client.get_model_version_download_uri, name, version)
         ref = self._download(uri, download_uri, name, version, pinned, key)
+        self._write_ref(
+            self._pinned_key(name, version), {"sha256": ref.sha256, "signature": ref.signature, "pinned_uri": pinned}
+        )
         log.info("model %s pinned to %s (sha256 %s, downloaded)", uri, pinned, ref.sha256[:12])
         return ref
 

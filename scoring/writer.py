@@ -50,6 +50,19 @@ def check_target(path: Path, mode: str, *, folder: bool = False) -> None:
         raise OutputError(f"output folder '{parent}' is not writable")
 
 
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary encoding: text and binary. Scores and features are floats, for
+    which pyarrow's default (a dictionary for every column) costs ~4x the write time for nothing."""
+    return [
+        f.name
+        for f in schema
+        if pa.types.is_string(f.type)
+        or pa.types.is_large_string(f.type)
+        or pa.types.is_binary(f.type)
+        or pa.types.is_dictionary(f.type)
+    ]
+
+
 @contextlib.contextmanager
 def temporary_beside(path: Path) -> Iterator[Path]:
     """A hidden temporary path next to ``path``, removed unless it was renamed away."""
@@ -80,7 +93,9 @@ def write_parquet(
     rows = groups = 0
     with temporary_beside(path) as tmp:
         try:
-            writer = pq.ParquetWriter(tmp, batches.schema, compression=compression)
+            writer = pq.ParquetWriter(
+                tmp, batches.schema, compression=compression, use_dictionary=_dictionary_columns(batches.schema)
+            )
         except (OSError, pa.ArrowException) as exc:
             raise OutputError(f"output '{path}': cannot write Parquet: {exc}") from None
         try:

@@ -54,7 +54,9 @@ TSQL_QUERY = (
     "SELECT d.*, p.label, p.probability FROM PREDICT(MODEL = 'm', DATA = t AS d, RUNTIME = ONNX) "
     "WITH (label BIGINT, probability SQL_VARIANT) AS p"
 )
-STARTUP_IMPORTS = "import scoring.cli, duckdb, onnxruntime, mlflow, pyarrow"
+# What a job imports once its pinned model is in the cache (mlflow is imported only to reach the
+# registry: aliases, `latest`, or a version not cached yet). The bench pins every model first.
+STARTUP_IMPORTS = "import scoring.cli, scoring.job, duckdb, onnxruntime, pyarrow.parquet"
 # The job writes zstd, one row group per 131,072-row batch: the copy in the ratio does the same.
 COPY_AS_JOB = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 131072"
 COPY_PLAIN = "FORMAT parquet"
