@@ -74,3 +74,41 @@ def test_executor_error_is_typed_and_nothing_is_published(registry, run_spark, t
     assert lines == ["scoring: error: model 'gb' input 'f4' received 1 NULL value(s) while the null policy is 'error'"]
     assert not out.exists() and [p.name for p in out.parent.iterdir()] == ["scored.run.json"]
     assert json.loads((out.parent / "scored.run.json").read_text())["exit_code"] == ExitCode.SCHEMA_MISMATCH
+
+
+def test_missing_java_says_what_to_install(registry, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env.update(registry.env(), PATH=str(tmp_path), SCORING_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scoring.cli",
+            "run",
+            "--engine",
+            "spark",
+            "--model",
+            "gb=models:/gb/1",
+            "--table",
+            f"t={registry.tables['gb']}",
+            "--query",
+            "SELECT 1",
+            "--output",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == ExitCode.ENGINE_UNAVAILABLE, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "scoring: error: the Spark engine needs a Java 17+ runtime: install it "
+        "(apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+    )
+    assert not out.exists()
