@@ -224,7 +224,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None =
 
 
 def _cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
-    from scoring.inspect import describe_model, format_description
+    from scoring.describe import describe_model, format_description
 
     description = describe_model(args.uri, settings)
     print(json.dumps(description, indent=2) if args.json else format_description(description))

@@ -218,7 +218,6 @@ class Model:
         cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns]
         for position, (arg, col) in enumerate(zip(self.arguments, cols, strict=True), start=1):
             self.check_argument(arg, col.type, f"argument {position} ({arg.name})")
-        n = len(cols[0]) if cols else 0
         cols, valid = self._apply_null_policy(cols)
         if valid is not None:
             cols = [c.filter(valid) for c in cols]
@@ -228,9 +227,7 @@ class Model:
             return scored
         positions = np.cumsum(np.asarray(valid), dtype=np.int64) - 1
         indices = pa.array(positions, mask=~np.asarray(valid))
-        result = scored.take(indices)
-        assert len(result) == n
-        return result
+        return scored.take(indices)  # NULL index -> NULL row: row i stays row i
 
     def _apply_null_policy(self, cols: list[pa.Array]) -> tuple[list[pa.Array], pa.Array | None]:
         valid: pa.Array | None = None
