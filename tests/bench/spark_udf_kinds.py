@@ -20,12 +20,12 @@ import pandas as pd
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).parent))
-import prepare  # noqa: E402
+import prepare
 
-from scoring.api import pin  # noqa: E402
-from scoring.cache import load_model  # noqa: E402
-from scoring.engines.spark import start_session  # noqa: E402
-from scoring.settings import Settings  # noqa: E402
+from scoring.api import pin
+from scoring.cache import load_model
+from scoring.engines.spark import start_session
+from scoring.settings import Settings
 
 
 def main() -> None:
