@@ -118,7 +118,7 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def _raise_on_signal(signum: int, frame: Any) -> None:
-    raise JobInterrupted(signum)
+    raise JobInterrupted.request(signum)
 
 
 def _require_without_job(args: argparse.Namespace) -> None:

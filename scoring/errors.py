@@ -116,7 +116,24 @@ class EngineUnavailableError(ScoringError, RuntimeError):
 
 
 class JobInterrupted(ScoringError):
-    """The job received SIGTERM or SIGINT and stopped without publishing."""
+    """The job received SIGTERM or SIGINT and stopped without publishing.
+
+    The signal may land while the main thread runs a model inside the engine, which then
+    reports it as its own generic error; :meth:`pending` lets the job report the stop instead.
+    """
+
+    _pending: JobInterrupted | None = None
+
+    @classmethod
+    def request(cls, signum: int) -> JobInterrupted:
+        """Record that ``signum`` arrived and return the error to raise."""
+        cls._pending = cls(signum)
+        return cls._pending
+
+    @classmethod
+    def pending(cls) -> JobInterrupted | None:
+        """The interruption requested in this process, if any."""
+        return cls._pending
 
     def __init__(self, signum: int) -> None:
         import signal

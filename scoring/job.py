@@ -13,7 +13,7 @@ from typing import Any
 from scoring import __version__
 from scoring.cache import default_threads, load_model
 from scoring.engines import check_sql_name, check_table_path
-from scoring.errors import ScoringError
+from scoring.errors import JobInterrupted, ScoringError
 from scoring.model import Model
 from scoring.registry import ModelRef, Registry
 from scoring.settings import Settings
@@ -105,10 +105,16 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
     }
     try:
         result = _run(spec, settings, on_batch, started)
-    except ScoringError as exc:
-        manifest.update(status="failed", exit_code=exc.exit_code, error=str(exc))
+    except Exception as exc:
+        # A stop signal that surfaced through the engine as some other error is still a stop.
+        failure = exc if isinstance(exc, ScoringError) else JobInterrupted.pending()
+        if failure is None:
+            raise
+        manifest.update(status="failed", exit_code=failure.exit_code, error=str(failure))
         _write_manifest(spec, manifest, started)
-        raise
+        if failure is exc:
+            raise
+        raise failure from None
     manifest.update(
         status="succeeded",
         exit_code=0,
