@@ -253,12 +253,12 @@ class Model:
             dtype = types.row_for_onnx(tensor.onnx_type, model=self.name, tensor=tensor.name).numpy
             matrix = np.empty((n, len(cols)), dtype=dtype)
             for j, col in enumerate(cols):
-                matrix[:, j] = col.to_numpy(zero_copy_only=False)
+                matrix[:, j] = _to_numpy(col)
             return {tensor.name: matrix}
         feeds = {}
         for tensor, col in zip(self.inputs, cols, strict=True):
             row = types.row_for_onnx(tensor.onnx_type, model=self.name, tensor=tensor.name)
-            values = col.to_numpy(zero_copy_only=False)
+            values = _to_numpy(col)
             values = values.astype(object) if row.onnx == "string" else values.astype(row.numpy, copy=False)
             feeds[tensor.name] = values.reshape(n, 1) if len(tensor.shape) == 2 else values
         return feeds
@@ -287,11 +287,47 @@ class Model:
                     f"model '{self.name}': output '{output.name}' returned shape "
                     f"{list(arr.shape)}; its declared shape promised one value per row"
                 )
-            return pa.array(arr.reshape(n), type=output.arrow_type)
+            return _to_arrow(arr.reshape(n), output.arrow_type)
         width = arr.shape[1] if arr.ndim == 2 else 1
-        offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
-        values = pa.array(arr.reshape(-1), type=output.arrow_type.value_type)
-        return pa.ListArray.from_arrays(offsets, values)
+        offsets = _to_arrow(np.arange(0, n * width + 1, width, dtype=np.int32), pa.int32())
+        return pa.ListArray.from_arrays(offsets, _to_arrow(arr.reshape(-1), output.arrow_type.value_type))
+
+
+# pyarrow moves data to and from numpy through its pandas layer, which costs a pandas import
+# (~0.2 s) on a job's first batch. Fixed-width numbers without NULLs are read from and wrapped
+# in their buffers directly instead: no copy, no pandas.
+
+
+def _numpy_dtype(arrow_type: pa.DataType) -> np.dtype | None:
+    """The numpy dtype with the same memory layout as ``arrow_type``, for fixed-width numbers."""
+    if pa.types.is_signed_integer(arrow_type):
+        kind = "i"
+    elif pa.types.is_unsigned_integer(arrow_type):
+        kind = "u"
+    elif pa.types.is_floating(arrow_type):
+        kind = "f"
+    else:
+        return None
+    return np.dtype(f"{kind}{arrow_type.bit_width // 8}")
+
+
+def _to_numpy(col: pa.Array) -> np.ndarray:
+    """A numpy view of a column's values (a copy for booleans, text and columns with NULLs)."""
+    if col.null_count == 0:
+        dtype = _numpy_dtype(col.type)
+        if dtype is not None:
+            return np.frombuffer(col.buffers()[1], dtype=dtype, count=len(col), offset=col.offset * dtype.itemsize)
+        if pa.types.is_boolean(col.type):
+            return _to_numpy(pc.cast(col, pa.uint8())).astype(bool)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _to_arrow(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """An Arrow array of ``arrow_type`` over a 1-D numpy array (no copy when layouts match)."""
+    if values.ndim == 1 and values.dtype == _numpy_dtype(arrow_type):
+        values = np.ascontiguousarray(values)
+        return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
+    return pa.array(values, type=arrow_type)  # a checked conversion
 
 
 def _zipmap_to_arrow(
@@ -304,6 +340,6 @@ def _zipmap_to_arrow(
     keys = list(rows[0].keys())
     width = len(keys)
     values = np.fromiter((row[k] for row in rows for k in keys), dtype=np.float64, count=n * width)
-    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+    offsets = _to_arrow(np.arange(0, n * width + 1, width, dtype=np.int32), pa.int32())
     key_array = pa.array(keys * n, type=map_type.key_type)
-    return pa.MapArray.from_arrays(offsets, key_array, pa.array(values, type=map_type.item_type))
+    return pa.MapArray.from_arrays(offsets, key_array, _to_arrow(values, map_type.item_type))
