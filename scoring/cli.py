@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -239,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _require_without_job(args)
     debug = bool(getattr(args, "debug", False))
     try:
+        from scoring.jobfile import check_environment
+
+        check_environment(os.environ)
         job, job_settings = _load_job(args)
         flags = dict(
             engine=getattr(args, "engine", None),

@@ -204,6 +204,24 @@ def _set_by_environment() -> set[str]:
         return set(Settings.model_fields)
 
 
+def known_variables() -> set[str]:
+    """Every ``SCORING_*`` variable the settings and the job read."""
+    names = {f"SCORING_{name.upper()}" for name in (*Settings.model_fields, *JobEnv.model_fields)}
+    return names | {f"SCORING_OUTPUT__{name.upper()}" for name in OutputSpec.model_fields}
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a ``SCORING_*`` variable that nothing reads: a misspelt setting must not be ignored.
+
+    Raises:
+        ConfigError: naming the variable, with the closest known name.
+    """
+    known = known_variables()
+    for name in sorted(environ):
+        if name.upper().startswith("SCORING_") and name.upper() not in known:
+            raise ConfigError(f"environment {name}: not a scoring setting{did_you_mean(name, sorted(known))}")
+
+
 def load_job(path: Path | None, flags: Mapping[str, Any] | None = None) -> tuple[JobSpec, dict[str, Any]]:
     """The job described by ``path`` (None: no file), the environment and ``flags``.
 

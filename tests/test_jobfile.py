@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import textwrap
 from collections.abc import Iterator
@@ -180,6 +181,32 @@ def test_without_job_the_flags_stay_required(capsys) -> None:
         main(["run", "--output", "o.parquet"])
     assert stopped.value.code == ExitCode.USAGE
     assert "one of the arguments --query --sql is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "variable,expected",
+    [
+        ("SCORING_MDOE", "environment SCORING_MDOE: not a scoring setting; did you mean 'SCORING_MODE'?"),
+        (
+            "SCORING_OUTPUT__PAHT",
+            "environment SCORING_OUTPUT__PAHT: not a scoring setting; did you mean 'SCORING_OUTPUT__PATH'?",
+        ),
+    ],
+)
+def test_a_misspelt_variable_exits_3_before_anything_runs(tmp_path, monkeypatch, capsys, variable, expected) -> None:
+    monkeypatch.setenv(variable, "error")
+    out = tmp_path / "o.parquet"
+    assert main(["run", "--query", "SELECT 1 AS x", "--output", str(out)]) == ExitCode.CONFIG
+    assert error_line(capsys) == f"scoring: error: {expected}"
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_every_documented_variable_is_known() -> None:
+    from scoring.jobfile import known_variables
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"`(SCORING_[A-Z_]+)`", readme))
+    assert documented and documented <= known_variables(), documented - known_variables()
 
 
 # --- overrides: flags > SCORING_* > file --------------------------------------------------
