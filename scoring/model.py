@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scoring import types
-from scoring.errors import ModelLoadError, NullInputError, SchemaMismatchError, did_you_mean
+from scoring.errors import InputDataError, ModelLoadError, NullInputError, SchemaMismatchError, did_you_mean
 from scoring.registry import ModelRef
 
 NullPolicy = Literal["null", "nan", "error"]
@@ -253,15 +253,33 @@ class Model:
             dtype = types.row_for_onnx(tensor.onnx_type, model=self.name, tensor=tensor.name).numpy
             matrix = np.empty((n, len(cols)), dtype=dtype)
             for j, col in enumerate(cols):
-                matrix[:, j] = _to_numpy(col)
+                matrix[:, j] = self._checked(_to_numpy(col), dtype, self.arguments[j].name)
             return {tensor.name: matrix}
         feeds = {}
         for tensor, col in zip(self.inputs, cols, strict=True):
             row = types.row_for_onnx(tensor.onnx_type, model=self.name, tensor=tensor.name)
             values = _to_numpy(col)
-            values = values.astype(object) if row.onnx == "string" else values.astype(row.numpy, copy=False)
+            if row.onnx == "string":
+                values = values.astype(object)
+            else:
+                values = self._checked(values, np.dtype(row.numpy), tensor.name).astype(row.numpy, copy=False)
             feeds[tensor.name] = values.reshape(n, 1) if len(tensor.shape) == 2 else values
         return feeds
+
+    def _checked(self, values: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+        """``values`` unchanged, after checking that integers fit a narrower integer ``dtype``.
+
+        numpy would wrap them silently (3,000,000,000 -> -1,294,967,296 in int32): a wrong score.
+        """
+        if values.dtype.kind in "iu" and dtype.kind in "iu" and not np.can_cast(values.dtype, dtype) and len(values):
+            bounds = np.iinfo(dtype)
+            low, high = values.min(), values.max()
+            if low < bounds.min or high > bounds.max:
+                bad = low if low < bounds.min else high
+                raise InputDataError(
+                    f"model '{self.name}' input '{name}' is {dtype.name}, but received {bad}, outside its range"
+                )
+        return values
 
     def _run(self, cols: list[pa.Array], n: int) -> pa.Array:
         if n == 0:
@@ -324,7 +342,8 @@ def _to_numpy(col: pa.Array) -> np.ndarray:
 
 def _to_arrow(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
     """An Arrow array of ``arrow_type`` over a 1-D numpy array (no copy when layouts match)."""
-    if values.ndim == 1 and values.dtype == _numpy_dtype(arrow_type):
+    dtype = _numpy_dtype(arrow_type)
+    if dtype is not None and values.ndim == 1 and values.dtype == dtype:
         values = np.ascontiguousarray(values)
         return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
     return pa.array(values, type=arrow_type)  # a checked conversion

@@ -96,3 +96,41 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("SCORING_", "MLFLOW_"))}
+
+
+def _int32_model(tmp_path):
+    """A real skl2onnx pipeline with an int32 input: one-hot codes of a count, then a regression."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import Int32TensorType
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    x = np.arange(20, dtype=np.int32).reshape(-1, 1)
+    estimator = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LinearRegression()).fit(x, x[:, 0] % 3)
+    onx = convert_sklearn(estimator, initial_types=[("count", Int32TensorType([None, 1]))], target_opset=17)
+    path = tmp_path / "count.onnx"
+    path.write_bytes(onx.SerializeToString())
+    return estimator, path
+
+
+def test_int64_values_that_fit_an_int32_input_score_and_others_fail_naming_it(settings, tmp_path):
+    import pyarrow.parquet as pq
+    import pytest
+
+    from scoring.errors import ExitCode, InputDataError
+    from tests.engines import score
+
+    estimator, path = _int32_model(tmp_path)
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"count": pa.array([3, 15, 7, 40], pa.int64())}), good)
+    table, _ = score(settings, "duckdb", "SELECT count, m(count) AS y FROM t", {"m": str(path)}, {"t": good}, tmp_path / "a")
+    expected = estimator.predict(np.array([[3], [15], [7], [40]], dtype=np.int32))
+    np.testing.assert_allclose(table.column("y").to_numpy(), expected.ravel(), atol=1e-5)
+
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"count": pa.array([3, 3_000_000_000], pa.int64())}), bad)
+    with pytest.raises(InputDataError) as caught:
+        score(settings, "duckdb", "SELECT m(count) AS y FROM t", {"m": str(path)}, {"t": bad}, tmp_path / "b")
+    assert str(caught.value) == "model 'count' input 'count' is int32, but received 3000000000, outside its range"
+    assert caught.value.exit_code == ExitCode.INPUT_DATA and not (tmp_path / "b").exists()
