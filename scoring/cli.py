@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--job",
         type=Path,
         metavar="FILE",
-        help="TOML job file (models, tables, query, output); flags and SCORING_* variables win over it",
+        help="TOML job file (models, tables, query, output); flags and SCORING_* variables win over it. "
+        "Without it, SCORING_MODELS, SCORING_QUERY, SCORING_OUTPUT, ... alone can describe the job",
     )
     # Required unless --job gives them: main() checks, with argparse's own messages.
     query = run.add_mutually_exclusive_group()
@@ -122,9 +123,16 @@ def _raise_on_signal(signum: int, frame: Any) -> None:
     raise JobInterrupted.request(signum)
 
 
+def _job_from_environment() -> bool:
+    """Whether ``SCORING_*`` variables describe the job (a scheduler configuring the image)."""
+    from scoring.jobfile import job_variables
+
+    return bool(job_variables(os.environ))
+
+
 def _require_without_job(args: argparse.Namespace) -> None:
-    """Without --job, --output and one of --query/--sql are required, as they always were."""
-    if args.job is not None:
+    """Without --job or job variables, --output and one of --query/--sql are required."""
+    if args.job is not None or _job_from_environment():
         return
     if args.output is None:
         args.run_parser.error("the following arguments are required: --output")
@@ -133,8 +141,9 @@ def _require_without_job(args: argparse.Namespace) -> None:
 
 
 def _load_job(args: argparse.Namespace) -> tuple[JobSpec | None, dict[str, Any]]:
-    """The --job file with the flags over it, and the settings it supplies; (None, {}) without --job."""
-    if getattr(args, "job", None) is None:
+    """The --job file (or the job variables alone) with the flags over it, and the settings it
+    supplies; (None, {}) when neither describes the job."""
+    if getattr(args, "job", None) is None and (args.command != "run" or not _job_from_environment()):
         return None, {}
     from scoring.jobfile import load_job
 

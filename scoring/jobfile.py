@@ -37,6 +37,7 @@ Settings validates them. A layer that gives ``query`` or ``sql`` replaces both b
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from scoring.errors import ConfigError, did_you_mean
 from scoring.job import JobSpec
 from scoring.settings import NullPolicy, Settings, WriteMode
+
+_OUTPUT_FIELD = "SCORING_OUTPUT__"
 
 # The same choices as Settings.engine (tests/test_jobfile.py checks they stay equal).
 EngineName = Literal["duckdb", "spark"]
@@ -96,6 +99,12 @@ class _OutputOverride(BaseModel):
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
         return json.loads(value) if isinstance(value, str) else value
+
+
+class _OutputFields(BaseModel):
+    """The ``SCORING_OUTPUT__*`` variables, validated under the name ``output``."""
+
+    output: _OutputOverride
 
 
 def _name_map(value: Any) -> Any:
@@ -171,14 +180,33 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 def _read_env() -> dict[str, Any]:
     try:
-        env = JobEnv()
+        data = JobEnv().model_dump(exclude_none=True)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        variable = f"SCORING_{str(error['loc'][0]).upper()}"
+        variable = f"SCORING_{str(exc.errors()[0]['loc'][0]).upper()}"
         raise ConfigError(f"environment {variable}: {_first_error(exc, JobEnv)}") from None
     except (SettingsError, ValueError) as exc:
         raise ConfigError(f"environment: {exc}") from None
-    return env.model_dump(exclude_none=True)
+    # pydantic-settings drops SCORING_OUTPUT__* once SCORING_OUTPUT itself is set; a field
+    # variable is the more specific of the two, so it is read here and wins.
+    fields = {
+        name.upper().removeprefix(_OUTPUT_FIELD).lower(): value
+        for name, value in os.environ.items()
+        if name.upper().startswith(_OUTPUT_FIELD)
+    }
+    if fields:
+        try:
+            output = _OutputFields.model_validate({"output": fields}).output.model_dump(exclude_none=True)
+        except ValidationError as exc:
+            variable = f"{_OUTPUT_FIELD}{str(exc.errors()[0]['loc'][-1]).upper()}"
+            raise ConfigError(f"environment {variable}: {_first_error(exc, _OutputFields)}") from None
+        data["output"] = {**data.get("output", {}), **output}
+    return data
+
+
+def job_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``SCORING_*`` variables set in ``environ`` that describe a job (models, query, ...)."""
+    names = {f"SCORING_{name.upper()}" for name in JobEnv.model_fields}
+    return sorted(n for n in environ if n.upper() in names or n.upper().startswith(_OUTPUT_FIELD))
 
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:

@@ -239,7 +239,35 @@ def test_environment_alone_describes_a_job(monkeypatch) -> None:
     spec, overrides = load_job(None)
     assert spec.models == {"gb": "models:/gb/1"} and spec.tables == {"t": "/data/t.parquet"}
     assert spec.query == "" and spec.output == Path("/data/o.parquet")
-    assert overrides == {"mode": "error"}  # JSON wins over the nested variable
+    assert overrides == {"mode": "error", "compression": "gzip"}  # a field variable adds to the JSON
+
+
+def test_a_field_variable_wins_over_the_whole_output_variable(monkeypatch) -> None:
+    monkeypatch.setenv("SCORING_QUERY", "SELECT 1")
+    monkeypatch.setenv("SCORING_OUTPUT", '{"path": "/data/o.parquet", "mode": "overwrite"}')
+    monkeypatch.setenv("SCORING_OUTPUT__MODE", "error")
+    assert load_job(None)[1] == {"mode": "error"}
+    monkeypatch.setenv("SCORING_OUTPUT", "/data/plain.parquet")
+    spec, overrides = load_job(None)
+    assert spec.output == Path("/data/plain.parquet") and overrides == {"mode": "error"}
+
+
+def test_without_job_file_the_variables_run_the_job(registry, cli_env, tmp_path, monkeypatch, capsys) -> None:
+    """`scoring run` and nothing else: what a scheduler runs with the image and SCORING_* set."""
+    output = tmp_path / "scored.parquet"
+    monkeypatch.setenv("SCORING_MODELS", "gb=models:/gb/1")
+    monkeypatch.setenv("SCORING_TABLES", f"t={registry.tables['gb']}")
+    monkeypatch.setenv("SCORING_QUERY", "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t")
+    monkeypatch.setenv("SCORING_OUTPUT", str(output))
+    assert main(["run"]) == ExitCode.OK
+    first = pq.read_table(output)
+    np.testing.assert_array_equal(first["label"].to_numpy(), registry.cases["gb"].expected_label())
+
+    monkeypatch.setenv("SCORING_OUTPUT__MODE", "error")  # honoured: the result is kept
+    capsys.readouterr()
+    assert main(["run"]) == ExitCode.OUTPUT
+    assert "already exists and --mode is 'error'" in error_line(capsys)
+    assert pq.read_table(output).equals(first)
 
 
 def test_nested_output_variables(monkeypatch) -> None:

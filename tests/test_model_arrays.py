@@ -124,7 +124,9 @@ def test_int64_values_that_fit_an_int32_input_score_and_others_fail_naming_it(se
     estimator, path = _int32_model(tmp_path)
     good = tmp_path / "good.parquet"
     pq.write_table(pa.table({"count": pa.array([3, 15, 7, 40], pa.int64())}), good)
-    table, _ = score(settings, "duckdb", "SELECT count, m(count) AS y FROM t", {"m": str(path)}, {"t": good}, tmp_path / "a")
+    table, _ = score(
+        settings, "duckdb", "SELECT count, m(count) AS y FROM t", {"m": str(path)}, {"t": good}, tmp_path / "a"
+    )
     expected = estimator.predict(np.array([[3], [15], [7], [40]], dtype=np.int32))
     np.testing.assert_allclose(table.column("y").to_numpy(), expected.ravel(), atol=1e-5)
 
