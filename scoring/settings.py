@@ -31,12 +31,12 @@ class Settings(BaseSettings):
     )
     tracking_uri: str | None = Field(
         None,
-        validation_alias=AliasChoices("SCORING_TRACKING_URI", "MLFLOW_TRACKING_URI", "tracking_uri"),
+        validation_alias=AliasChoices("SCORING_TRACKING_URI", "MLFLOW_TRACKING_URI"),
         description="MLflow tracking URI (also read from MLFLOW_TRACKING_URI); default: sqlite:///<home>/mlflow.db.",
     )
     registry_uri: str | None = Field(
         None,
-        validation_alias=AliasChoices("SCORING_REGISTRY_URI", "MLFLOW_REGISTRY_URI", "registry_uri"),
+        validation_alias=AliasChoices("SCORING_REGISTRY_URI", "MLFLOW_REGISTRY_URI"),
         description="MLflow model registry URI (also MLFLOW_REGISTRY_URI); default: the tracking URI.",
     )
     cache_dir: Path | None = Field(None, description="Content-addressed model cache; default: <home>/models.")

@@ -29,3 +29,14 @@ def test_invalid_setting_names_the_field(monkeypatch):
     monkeypatch.setenv("SCORING_NULL", "zero")
     with pytest.raises(ConfigError, match=r"setting 'null': .*'zero'"):
         load_settings()
+
+
+def test_only_prefixed_variables_choose_the_registry(monkeypatch):
+    """An unrelated TRACKING_URI / REGISTRY_URI in the environment must not redirect a job."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SCORING_TRACKING_URI", "SCORING_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TRACKING_URI", "http://127.0.0.1:5998")
+    monkeypatch.setenv("REGISTRY_URI", "http://127.0.0.1:5997")
+    settings = load_settings()
+    assert settings.tracking_uri is None and settings.registry_uri is None
+    assert load_settings(tracking_uri="http://127.0.0.1:5996").tracking_uri == "http://127.0.0.1:5996"
