@@ -6,6 +6,7 @@ inside their own module so that one engine works without the other installed.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -46,10 +47,13 @@ class ModelCatalog:
             if bound.lower() == model.lower():
                 return bound, loaded
         if self._resolve is not None and (":" in model or model.endswith(".onnx")):
-            loaded = self._resolve(model)
-            fn = "__scoring_" + re.sub(r"\W", "_", model)
-            self.register_model(fn, loaded)
-            return fn, loaded
+            # Readable, and unique per URI: 'models:/a-b/1' and 'models:/a_b/1' must not share it.
+            digest = hashlib.sha256(model.encode()).hexdigest()[:10]
+            slug = re.sub(r"\W", "_", model)
+            fn = f"__scoring_{slug}_{digest}"
+            if fn not in self.models:
+                self.register_model(fn, self._resolve(model))
+            return fn, self.models[fn]
         raise ModelNotFoundError(
             f"model '{model}' is not bound; bind it with --model {model}=URI or name a registry URI"
             + did_you_mean(model, self.models)
