@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -204,11 +204,15 @@ class Model:
 
     # -- scoring --------------------------------------------------------------------------------
 
-    def predict(self, columns: Sequence[pa.Array | pa.ChunkedArray]) -> pa.Array:
+    def predict(
+        self, columns: Sequence[pa.Array | pa.ChunkedArray], on_scored: Callable[[int], None] | None = None
+    ) -> pa.Array:
         """Score Arrow columns given in argument order; return one Arrow array of ``output_type``.
 
         Rows with a NULL in any argument get NULL outputs (policy ``null``); with ``nan``
         NULL floats become NaN; with ``error`` a NULL raises :class:`NullInputError`.
+        ``on_scored`` is told how many rows went through the model (a caller's own counter;
+        ``stats`` counts for the whole process).
         """
         if len(columns) != len(self.arguments):
             raise SchemaMismatchError(
@@ -221,8 +225,11 @@ class Model:
         cols, valid = self._apply_null_policy(cols)
         if valid is not None:
             cols = [c.filter(valid) for c in cols]
-        scored = self._run(cols, len(cols[0]) if cols else 0)
-        self.stats.add(len(cols[0]) if cols else 0)
+        n = len(cols[0]) if cols else 0
+        scored = self._run(cols, n)
+        self.stats.add(n)
+        if on_scored is not None:
+            on_scored(n)
         if valid is None:
             return scored
         positions = np.cumsum(np.asarray(valid), dtype=np.int64) - 1

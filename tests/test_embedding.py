@@ -53,3 +53,13 @@ def test_enrich_writes_parquet_like_the_cli(registry, tmp_path):
     )
     assert result.rows == pq.read_table(out).num_rows == len(registry.cases["gb"].frame)
     assert read_metadata(out)["models"]["gb"]["pinned_uri"] == "models:/gb/1"
+    # A second job in the same process (the model session is reused) counts its own rows only.
+    again = scoring.enrich(
+        "SELECT id, gb(f0, f1, f2, f3, f4, f5) AS p FROM t WHERE id < 10",
+        models={"gb": "models:/gb/1"},
+        tables={"t": registry.tables["gb"]},
+        output=tmp_path / "again.parquet",
+        tracking_uri=registry.tracking_uri,
+        cache_dir=tmp_path / "cache",
+    )
+    assert result.rows_scored == {"gb": len(registry.cases["gb"].frame)} and again.rows_scored == {"gb": 10}

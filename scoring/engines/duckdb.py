@@ -14,7 +14,7 @@ from sqlglot import exp
 from scoring import types
 from scoring.engines import ModelCatalog, check_sql_name, check_table_path
 from scoring.errors import InputDataError, QueryError, ScoringError
-from scoring.model import Model
+from scoring.model import Model, ScoringStats
 from scoring.sql.dialects import read_dialect
 from scoring.writer import write_parquet
 
@@ -64,6 +64,7 @@ class DuckDBEngine(ModelCatalog):
         self.models: dict[str, Model] = {}
         self._resolve = resolve
         self._udf_error: ScoringError | None = None
+        self._counters: dict[str, ScoringStats] = {}
 
     # -- registration -------------------------------------------------------------------------
 
@@ -71,10 +72,11 @@ class DuckDBEngine(ModelCatalog):
         """Create the SQL function ``name(arg, ...)`` returning the model's output."""
         check_sql_name(name, "model")
         engine = self
+        counter = ScoringStats()  # this engine's rows for this name; model.stats spans the process
 
         def udf(*columns: Any) -> pa.Array:
             try:
-                return model.predict(columns)
+                return model.predict(columns, counter.add)
             except ScoringError as exc:  # DuckDB would flatten it into a generic error
                 engine._udf_error = exc
                 raise
@@ -98,6 +100,7 @@ class DuckDBEngine(ModelCatalog):
             side_effects=True,
         )
         self.models[name] = model
+        self._counters[name] = counter
 
     def register_table(self, name: str, path: str) -> None:
         """Expose Parquet at ``path`` (a file, a folder of files, or a glob) as a view."""
@@ -157,8 +160,8 @@ class DuckDBEngine(ModelCatalog):
         return written.rows
 
     def rows_scored(self) -> dict[str, int]:
-        """Rows each registered model has scored (its own counter)."""
-        return {name: model.stats.rows for name, model in self.models.items()}
+        """Rows each registered function has run through its model on this engine."""
+        return {name: counter.rows for name, counter in self._counters.items()}
 
     def translate(self, exc: BaseException) -> BaseException:
         """Map a DuckDB error (possibly raised by a model UDF) to a typed error."""

@@ -156,9 +156,7 @@ class _ShippedModel:
         return load_model(local, self.threads, self.null)  # type: ignore[arg-type]
 
     def __call__(self, *columns: pa.Array) -> pa.Array:
-        result = self.model().predict(columns)
-        self.rows.add(len(result))
-        return result
+        return self.model().predict(columns, self.rows.add)
 
 
 class SparkEngine(ModelCatalog):
