@@ -13,7 +13,7 @@ from typing import Any
 from scoring import __version__
 from scoring.cache import default_threads, load_model
 from scoring.engines import check_sql_name, check_table_path
-from scoring.errors import JobInterrupted, ScoringError
+from scoring.errors import ExitCode, JobInterrupted, ScoringError
 from scoring.model import Model
 from scoring.registry import ModelRef, Registry
 from scoring.settings import Settings
@@ -108,7 +108,10 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
     except Exception as exc:
         # A stop signal that surfaced through the engine as some other error is still a stop.
         failure = exc if isinstance(exc, ScoringError) else JobInterrupted.pending()
-        if failure is None:
+        if failure is None:  # a bug: still on record for the scheduler, then raised as it is
+            first = (str(exc).strip().splitlines() or [""])[0]
+            manifest.update(status="failed", exit_code=int(ExitCode.INTERNAL), error=f"{type(exc).__name__}: {first}")
+            _write_manifest(spec, manifest, started)
             raise
         manifest.update(status="failed", exit_code=failure.exit_code, error=str(failure))
         _write_manifest(spec, manifest, started)

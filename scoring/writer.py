@@ -102,16 +102,25 @@ def write_parquet(
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
+                try:
+                    writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
+                except OSError as exc:  # a full or failing disk: the job's output, not a bug
+                    raise _write_error(path, exc) from None
                 rows += batch.num_rows
                 groups += 1
                 if on_batch is not None:
                     on_batch(batch.num_rows)
             writer.add_key_value_metadata({METADATA_KEY: json.dumps({**metadata, "rows": rows})})
         finally:
-            writer.close()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+            try:
+                writer.close()
+            except OSError as exc:
+                raise _write_error(path, exc) from None
+        try:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise _write_error(path, exc) from None
         if mode == "error" and path.exists():
             raise OutputError(f"output '{path}' appeared while the job ran and --mode is 'error'")
         try:
@@ -120,6 +129,12 @@ def write_parquet(
             raise OutputError(f"output '{path}' cannot be replaced: {exc.strerror}") from None
     _fsync_dir(path.parent)
     return WriteResult(path, rows, groups)
+
+
+def _write_error(path: Path, exc: OSError) -> OutputError:
+    lines = str(exc).strip().splitlines()
+    reason = exc.strerror or (lines[0] if lines else type(exc).__name__)
+    return OutputError(f"output '{path}': cannot write Parquet: {reason}")
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:

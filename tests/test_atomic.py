@@ -91,3 +91,22 @@ def test_interrupted_job_leaves_the_previous_result(registry, big_table, tmp_pat
         assert manifest["status"] == "failed" and manifest["exit_code"] == ExitCode.TERMINATED
     else:
         assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_folder_result_is_replaced_in_one_step(tmp_path):
+    """The Spark engine's publish: the new folder takes the old one's place by an atomic swap."""
+    from scoring.engines.spark import _exchange, _publish
+
+    output, new = tmp_path / "scored", tmp_path / ".scored.tmp-1"
+    for folder, text in ((output, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "part-0.parquet").write_text(text)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.write_text("b")
+    assert _exchange(a, b) and a.is_file() and b.is_dir()  # renameat2 works on this file system
+
+    _publish(new, output, "overwrite")
+
+    assert (output / "part-0.parquet").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "scored"]  # nothing left beside it

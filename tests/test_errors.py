@@ -230,3 +230,35 @@ def test_debug_shows_the_traceback(cli):
 
 def test_environment_is_left_clean():
     assert "SCORING_CACHE_DIR" not in os.environ
+
+
+def test_a_failing_disk_is_an_output_error_with_its_manifest(registry, tmp_path):
+    """A write that the file system refuses (here: a file-size limit, as a full disk would) exits 10."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    rows = 200_000
+    big = tmp_path / "big.parquet"
+    frame = {f"f{j}": np.random.default_rng(j).normal(size=rows) for j in range(6)}
+    pq.write_table(pa.table({"id": np.arange(rows), **frame}), big)
+    out = tmp_path / "out" / "scored.parquet"
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # report EFBIG instead of dying
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))\n"
+        "from scoring.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = ["run", "--model", "gb=models:/gb/1", "--table", f"t={big}", "--output", str(out)]
+    argv += ["--query", "SELECT *, gb(f0, f1, f2, f3, f4, f5) AS p FROM t"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCORING_", "MLFLOW_"))}
+    env.update(MLFLOW_TRACKING_URI=registry.tracking_uri, SCORING_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == ExitCode.OUTPUT, proc.stderr
+    line = error_line(proc.stderr)
+    assert line.startswith(f"scoring: error: output '{out}': cannot write Parquet: ") and "File too large" in line
+    assert_nothing_published(out)
+    manifest = json.loads((out.parent / "scored.parquet.run.json").read_text())
+    assert manifest["exit_code"] == ExitCode.OUTPUT

@@ -11,6 +11,8 @@ oversubscribe the cores.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import logging
 import os
@@ -296,6 +298,10 @@ def _scoring_error_in(exc: BaseException) -> ScoringError | None:
     return None
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
 def write_folder(
     df: Any, output: Path, metadata: dict[str, Any], mode: str, compression: str, partition_by: list[str] | None = None
 ) -> int:
@@ -322,20 +328,43 @@ def write_folder(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
+
+    Returns False where the system or file system cannot (then nothing was changed).
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def _publish(tmp: Path, output: Path, mode: str) -> None:
-    if output.exists():
+    """Put the folder ``tmp`` at ``output``; an existing result is replaced in one step."""
+    try:
+        if not output.exists():
+            os.replace(tmp, output)
+            return
         if mode == "error":
             raise OutputError(f"output '{output}' appeared while the job ran and --mode is 'error'")
+        if _exchange(tmp, output):  # readers see the old folder, then the new one; never neither
+            shutil.rmtree(tmp, ignore_errors=True)  # it holds the previous result now
+            return
+        # No atomic exchange here: two renames, with the previous result put back on any failure.
         old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(output, old)  # readers see the old folder, then the new one; never a mix
+        os.replace(output, old)
         try:
             os.replace(tmp, output)
-        except OSError:
+        except BaseException:
             os.replace(old, output)
             raise
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        try:
-            os.replace(tmp, output)
-        except OSError as exc:
-            raise OutputError(f"output '{output}' cannot be published: {exc.strerror}") from None
+    except OSError as exc:
+        raise OutputError(f"output '{output}' cannot be published: {exc.strerror or exc}") from None
