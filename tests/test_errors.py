@@ -165,6 +165,26 @@ def test_string_column_for_a_float_input(cli, registry, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (
+            "SELECT gb(f0, f1) AS p FROM t",
+            "model 'gb' takes 6 arguments (f0, f1, f2, f3, f4, f5), but gb(...) passes 2",
+        ),
+        (
+            "SELECT gb(f0, CAST(f1 AS VARCHAR), f2, f3, f4, f5) AS p FROM t",
+            "model 'gb' argument 2 (f1) expects DOUBLE, but the call passes VARCHAR",
+        ),
+    ],
+)
+def test_a_plain_call_that_does_not_fit_the_model(cli, query, message):
+    code, err, out = cli(query=query, dialect="duckdb")
+    assert code == ExitCode.SCHEMA_MISMATCH
+    assert error_line(err) == f"scoring: error: {message}"
+    assert_nothing_published(out)
+
+
+@pytest.mark.parametrize(
     ("with_clause", "message"),
     [
         ("(labell BIGINT)", r"model 'gb' has no output 'labell' .*did you mean 'label'"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from sqlglot import exp
 
 from scoring import types
 from scoring.engines import ModelCatalog, check_sql_name, check_table_path
-from scoring.errors import InputDataError, QueryError, ScoringError
+from scoring.errors import InputDataError, QueryError, SchemaMismatchError, ScoringError
 from scoring.model import Model, ScoringStats
 from scoring.sql.dialects import read_dialect
 from scoring.writer import write_parquet
@@ -31,6 +32,25 @@ _PARAMETER = {
     "bool": "BOOLEAN",
     "string": "VARCHAR",
 }
+
+
+_NO_MATCH = re.compile(r"No function matches the given name and argument types '(?P<name>\w+)\((?P<found>.*)\)'")
+
+
+_NUMERIC = re.compile(r"(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|FLOAT|DOUBLE|DECIMAL(\(.*\))?)$")
+
+
+def _split_types(text: str) -> list[str]:
+    """``'VARCHAR, DECIMAL(18, 3)'`` -> ``['VARCHAR', 'DECIMAL(18, 3)']``: commas outside parentheses."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()] if current.strip() else parts
 
 
 def _first_line(exc: BaseException) -> str:
@@ -145,14 +165,18 @@ class DuckDBEngine(ModelCatalog):
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
         """Stream the query's batches into one Parquet file published atomically at ``output``."""
+        reader = self.execute(sql, settings.row_group_rows)
         try:
-            reader = self.execute(sql, settings.row_group_rows)
             written = write_parquet(
                 reader, output, metadata, mode=settings.mode, compression=settings.compression, on_batch=on_batch
             )
-        except ScoringError:
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            # A stream abandoned half-read keeps DuckDB's threads calling the model; stopped and
+            # released here, not at interpreter exit (where that crashes the process).
+            self.con.interrupt()
+            reader.close()
+            if isinstance(exc, ScoringError) or not isinstance(exc, Exception):
+                raise
             translated = self.translate(exc)
             if translated is exc:
                 raise
@@ -167,9 +191,31 @@ class DuckDBEngine(ModelCatalog):
         """Map a DuckDB error (possibly raised by a model UDF) to a typed error."""
         if self._udf_error is not None:
             return self._udf_error
+        if isinstance(exc, duckdb.BinderException):
+            mismatch = self._call_mismatch(_first_line(exc))
+            if mismatch is not None:
+                return mismatch
         if isinstance(exc, duckdb.Error):
             return _query_error(exc)
         return exc
+
+    def _call_mismatch(self, message: str) -> ScoringError | None:
+        """DuckDB's "no function matches 'm(VARCHAR, ...)'" for a model, said in the model's terms."""
+        match = _NO_MATCH.search(message)
+        if match is None:
+            return None
+        name = next((n for n in self.models if n.lower() == match["name"].lower()), None)
+        if name is None:
+            return None
+        arguments = self.models[name].arguments
+        found = _split_types(match["found"])
+        for position, (arg, passed) in enumerate(zip(arguments, found, strict=False), start=1):
+            wanted = _PARAMETER[types.onnx_element(arg.onnx_type)]
+            if passed != wanted and not (wanted in ("DOUBLE", "BIGINT") and _NUMERIC.match(passed)):
+                return SchemaMismatchError(
+                    f"model '{name}' argument {position} ({arg.name}) expects {wanted}, but the call passes {passed}"
+                )
+        return SchemaMismatchError(f"model '{name}' cannot take ({match['found']})")
 
     def interrupt(self) -> None:
         """Ask DuckDB to stop the running query (safe from another thread)."""

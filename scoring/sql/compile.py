@@ -35,6 +35,8 @@ INNER = "__scoring_inner"
 class Catalog(Protocol):
     """What the SQL front needs from an engine."""
 
+    models: dict[str, Model]  # SQL function name -> model, as registered so far
+
     def function(self, model: str) -> tuple[str, Model]:
         """SQL function name and model for a bound name or a registry URI."""
         ...
@@ -249,6 +251,24 @@ def expand_predict(tree: exp.Expr, catalog: Catalog) -> exp.Expr:
     return tree
 
 
+def check_calls(tree: exp.Expr, catalog: Catalog) -> None:
+    """Each plain call of a bound model passes as many arguments as the model takes.
+
+    Engines would only say that no function matches; this names the model and its inputs.
+    """
+    bound = {name.lower(): (name, model) for name, model in catalog.models.items()}
+    for call in tree.find_all(exp.Anonymous):
+        name, model = bound.get(call.name.lower(), (None, None))
+        if model is None or len(call.expressions) == len(model.arguments):
+            continue
+        names = [a.name for a in model.arguments]
+        expected = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise SchemaMismatchError(
+            f"model '{name}' takes {len(model.arguments)} arguments ({expected}), "
+            f"but {call.name}(...) passes {len(call.expressions)}"
+        )
+
+
 def compile_query(sql: str, read: str, write: str, catalog: Catalog) -> str:
     """Compile ``sql`` written in dialect ``read`` into SQL for dialect ``write``.
 
@@ -257,6 +277,7 @@ def compile_query(sql: str, read: str, write: str, catalog: Catalog) -> str:
         SchemaMismatchError: DATA columns or WITH declarations do not fit the model.
     """
     tree = parse(sql, read)
+    check_calls(tree, catalog)
     tree = normalize_ml_predict(tree)
     tree = expand_predict(tree, catalog)
     return tree.sql(dialect=read_dialect(write))
