@@ -55,7 +55,7 @@ def main() -> int:
     tracking = settings.resolved_tracking_uri()
     mlflow.set_tracking_uri(tracking)
     client = MlflowClient(tracking)
-    existing = {v.version for v in client.search_model_versions("name = 'bc'")}
+    existing = {str(v.version) for v in client.search_model_versions("name = 'bc'")}  # ints in MLflow 3
     if {"1", "2"} <= existing:
         print(f"example registry ready: bc versions {sorted(existing)} in {tracking}")
         return 0
