@@ -173,7 +173,9 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
         log.debug("compiled SQL: %s", sql)
         metadata = run_metadata(spec, refs, engine.name, dialect, sql)
         rows = engine.publish(sql, output, metadata, settings, on_batch)
-        scored = {name: count for name, count in engine.rows_scored().items() if name in models}
+        # Bound names as given; a URI named inside the query under that URI (as in `refs`).
+        names = {**{name: name for name in models}, **engine.uri_functions}
+        scored = {names[fn]: count for fn, count in engine.rows_scored().items() if fn in names}
     finally:
         engine.close()
     seconds = time.perf_counter() - started

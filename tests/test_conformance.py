@@ -170,18 +170,21 @@ def test_versions_and_aliases_pick_the_right_model(registry, settings, tmp_path,
     assert result.models["m"].version == ("1" if case_key == "gb" else "2")
 
 
-def test_model_uri_inside_the_query(registry, settings, tmp_path):
+def test_model_uri_inside_the_query(registry, settings, engine, tmp_path):
     case = registry.cases["gb_v2"]
-    table, _ = score(
+    table, result = score(
         settings,
-        "duckdb",
-        "SELECT p.label FROM PREDICT(MODEL = 'models:/gb/2', DATA = t AS d) WITH (label INT) AS p",
+        engine,
+        "SELECT d.id, p.label FROM PREDICT(MODEL = 'models:/gb/2', DATA = t AS d) WITH (label INT) AS p",
         {},
         {"t": registry.tables["gb"]},
         tmp_path / "out",
         dialect="tsql",
     )
-    np.testing.assert_array_equal(table.column("label").to_numpy(), case.expected_label())
+    np.testing.assert_array_equal(by_key(table, "id").column("label").to_numpy(), case.expected_label())
+    # Reported under the URI as written, pinned like a bound model.
+    assert result.models["models:/gb/2"].version == "2"
+    assert result.rows_scored == {"models:/gb/2": len(case.expected_label())}
 
 
 @pytest.fixture(scope="module")

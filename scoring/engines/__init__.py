@@ -36,6 +36,7 @@ class ModelCatalog:
     """The part of an engine the SQL front asks for models: bound names, or URIs loaded on demand."""
 
     models: dict[str, Model]
+    uri_functions: dict[str, str]  # function registered for a URI named in a query -> that URI
     _resolve: Callable[[str], Model] | None
 
     def register_model(self, name: str, model: Model) -> None:
@@ -53,6 +54,7 @@ class ModelCatalog:
             fn = f"__scoring_{slug}_{digest}"
             if fn not in self.models:
                 self.register_model(fn, self._resolve(model))
+                self.uri_functions[fn] = model
             return fn, self.models[fn]
         raise ModelNotFoundError(
             f"model '{model}' is not bound; bind it with --model {model}=URI or name a registry URI"

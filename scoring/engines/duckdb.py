@@ -82,6 +82,7 @@ class DuckDBEngine(ModelCatalog):
         if threads:
             self.con.execute("SET threads = ?", [threads])
         self.models: dict[str, Model] = {}
+        self.uri_functions: dict[str, str] = {}
         self._resolve = resolve
         self._udf_error: ScoringError | None = None
         self._counters: dict[str, ScoringStats] = {}

@@ -192,6 +192,7 @@ class SparkEngine(ModelCatalog):
             self.owned = False
             self.spark = spark
         self.models: dict[str, Model] = {}
+        self.uri_functions: dict[str, str] = {}
         self.rows: dict[str, Any] = {}
         self._resolve = resolve
         self._null = null
