@@ -18,6 +18,8 @@ from scoring.errors import ConfigError
 
 NullPolicy = Literal["null", "nan", "error"]
 WriteMode = Literal["overwrite", "error"]
+# Codecs both engines write without extra libraries (Spark needs a plug-in for brotli).
+Compression = Literal["zstd", "snappy", "gzip", "lz4", "none"]
 
 
 class Settings(BaseSettings):
@@ -54,8 +56,12 @@ class Settings(BaseSettings):
         ge=1,
         description="onnxruntime intra-op threads per session; default: derived from cores and engine threads.",
     )
-    row_group_rows: int = Field(131072, ge=1024, description="Rows per Parquet row group in the output.")
-    compression: str = Field("zstd", description="Parquet compression codec of the output.")
+    row_group_rows: int = Field(
+        131072, ge=1024, description="Rows per Parquet row group in the output (at least 1024)."
+    )
+    compression: Compression = Field(
+        "zstd", description="Parquet compression codec of the output: zstd, snappy, gzip, lz4 or none."
+    )
     registry_timeout: int = Field(30, ge=1, description="Seconds before an HTTP request to the registry times out.")
     registry_retries: int = Field(2, ge=0, description="Retries of a failed HTTP request to the registry.")
     spark_master: str = Field("local[2]", description="Spark master URL for --engine spark.")

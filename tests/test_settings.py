@@ -40,3 +40,9 @@ def test_only_prefixed_variables_choose_the_registry(monkeypatch):
     settings = load_settings()
     assert settings.tracking_uri is None and settings.registry_uri is None
     assert load_settings(tracking_uri="http://127.0.0.1:5996").tracking_uri == "http://127.0.0.1:5996"
+
+
+def test_an_unknown_codec_is_refused_before_any_work(monkeypatch):
+    monkeypatch.setenv("SCORING_COMPRESSION", "zstdd")
+    with pytest.raises(ConfigError, match=r"setting 'compression': Input should be 'zstd', .*\(got 'zstdd'\)"):
+        load_settings()
