@@ -78,10 +78,15 @@ def open_engine(settings: Settings, resolve: Callable[[str], Model]) -> Any:
     return DuckDBEngine(threads=settings.threads, resolve=resolve)
 
 
-def manifest_path(output: Path) -> Path:
-    """Where the run manifest of a job writing ``output`` goes: beside it, ``<name>.run.json``."""
+def manifest_path(output: Path, *, failed: bool = False) -> Path:
+    """Where the run manifest of a job writing ``output`` goes, beside it.
+
+    ``<name>.run.json`` describes the run that published the result at ``output``;
+    ``<name>.failed.run.json`` the latest run that failed (so a failure never hides the
+    record of the result still in place). A successful run removes the latter.
+    """
     output = Path(output)
-    return output.parent / f"{output.name}.run.json"
+    return output.parent / f"{output.name}.{'failed.' if failed else ''}run.json"
 
 
 def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | None = None) -> JobResult:
@@ -132,9 +137,12 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
 def _write_manifest(spec: JobSpec, manifest: dict[str, Any], started: float) -> None:
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    path = manifest_path(Path(spec.output))
+    failed = manifest["status"] == "failed"
+    path = manifest_path(Path(spec.output), failed=failed)
     try:
         write_json_atomically(path, manifest)
+        if not failed:
+            manifest_path(Path(spec.output), failed=True).unlink(missing_ok=True)
     except OSError as exc:  # the manifest must never hide the job's own outcome
         log.warning("run manifest %s not written: %s", path, exc.strerror)
 

@@ -85,10 +85,13 @@ def test_interrupted_job_leaves_the_previous_result(registry, big_table, tmp_pat
         assert proc.returncode == ExitCode.TERMINATED, err
         assert "stopped by SIGTERM; nothing was published" in err
         assert "Traceback" not in err
-        # the temporary file is gone; the run manifest records the stop
-        assert sorted(p.name for p in out.parent.iterdir()) == ["scored.parquet", "scored.parquet.run.json"]
-        manifest = json.loads((out.parent / "scored.parquet.run.json").read_text())
+        # the temporary file is gone; a failed-run manifest records the stop, beside the intact
+        # manifest of the result still in place
+        names = sorted(p.name for p in out.parent.iterdir())
+        assert names == ["scored.parquet", "scored.parquet.failed.run.json", "scored.parquet.run.json"]
+        manifest = json.loads((out.parent / "scored.parquet.failed.run.json").read_text())
         assert manifest["status"] == "failed" and manifest["exit_code"] == ExitCode.TERMINATED
+        assert json.loads((out.parent / "scored.parquet.run.json").read_text())["status"] == "succeeded"
     else:
         assert proc.returncode == -signal.SIGKILL
 

@@ -51,8 +51,8 @@ def assert_nothing_published(out: Path) -> None:
     """No result and no temporary file; at most the run manifest, which records the failure."""
     assert not out.exists()
     if out.parent.exists():
-        assert {p.name for p in out.parent.iterdir()} <= {f"{out.name}.run.json"}
-    manifest = out.parent / f"{out.name}.run.json"
+        assert {p.name for p in out.parent.iterdir()} <= {f"{out.name}.failed.run.json"}
+    manifest = out.parent / f"{out.name}.failed.run.json"
     if manifest.exists():
         record = json.loads(manifest.read_text())
         assert record["status"] == "failed" and record["exit_code"] != 0 and record["error"]
@@ -236,8 +236,13 @@ def test_mode_error_refuses_existing_output(cli):
     code, _, out = cli()
     assert code == ExitCode.OK
     before = out.read_bytes()
+    record = (out.parent / "scored.parquet.run.json").read_text()
     code, err, _ = cli("--mode", "error")
     assert code == ExitCode.OUTPUT
+    # The refusal is on record without replacing the record of the result it kept.
+    assert (out.parent / "scored.parquet.run.json").read_text() == record
+    assert json.loads((out.parent / "scored.parquet.failed.run.json").read_text())["exit_code"] == ExitCode.OUTPUT
+    assert cli()[0] == ExitCode.OK and not (out.parent / "scored.parquet.failed.run.json").exists()
     assert "already exists" in error_line(err)
     assert out.read_bytes() == before
 
@@ -280,5 +285,5 @@ def test_a_failing_disk_is_an_output_error_with_its_manifest(registry, tmp_path)
     line = error_line(proc.stderr)
     assert line.startswith(f"scoring: error: output '{out}': cannot write Parquet: ") and "File too large" in line
     assert_nothing_published(out)
-    manifest = json.loads((out.parent / "scored.parquet.run.json").read_text())
+    manifest = json.loads((out.parent / "scored.parquet.failed.run.json").read_text())
     assert manifest["exit_code"] == ExitCode.OUTPUT

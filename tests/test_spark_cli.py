@@ -72,8 +72,9 @@ def test_executor_error_is_typed_and_nothing_is_published(registry, run_spark, t
     assert code == ExitCode.SCHEMA_MISMATCH, err
     lines = [line for line in err.splitlines() if line.startswith("scoring: ")]
     assert lines == ["scoring: error: model 'gb' input 'f4' received 1 NULL value(s) while the null policy is 'error'"]
-    assert not out.exists() and [p.name for p in out.parent.iterdir()] == ["scored.run.json"]
-    assert json.loads((out.parent / "scored.run.json").read_text())["exit_code"] == ExitCode.SCHEMA_MISMATCH
+    assert not out.exists() and [p.name for p in out.parent.iterdir()] == ["scored.failed.run.json"]
+    failed = json.loads((out.parent / "scored.failed.run.json").read_text())
+    assert failed["exit_code"] == ExitCode.SCHEMA_MISMATCH
 
 
 def test_missing_java_says_what_to_install(registry, tmp_path):
