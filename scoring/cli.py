@@ -17,10 +17,10 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from scoring import __version__
-from scoring.errors import ConfigError, ExitCode, JobInterrupted, ScoringError
+from scoring.errors import ConfigError, ExitCode, JobInterrupted, ScoringError, UsageError
 from scoring.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -34,9 +34,9 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     for value in values or []:
         name, sep, target = value.partition("=")
         if not sep or not name or not target:
-            raise ConfigError(f"{flag} expects NAME=VALUE, got '{value}'")
+            raise UsageError(f"{flag} expects NAME=VALUE, got '{value}'")
         if name in pairs:
-            raise ConfigError(f"{flag} binds '{name}' twice")
+            raise UsageError(f"{flag} binds '{name}' twice")
         pairs[name] = target
     return pairs
 
@@ -45,9 +45,16 @@ def _help(field: str) -> str:
     return str(Settings.model_fields[field].description)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (as every other error), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
-    parser = argparse.ArgumentParser(prog="scoring", description="Score tables with registered ONNX models in SQL.")
+    parser = _Parser(prog="scoring", description="Score tables with registered ONNX models in SQL.")
     parser.add_argument("--version", action="version", version=f"scoring {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -269,14 +276,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(settings)
         signal.signal(signal.SIGTERM, _raise_on_signal)
         signal.signal(signal.SIGINT, _raise_on_signal)
-        if args.command == "run":
-            return _cmd_run(args, settings, job)
-        return _cmd_inspect(args, settings)
+        code = _cmd_run(args, settings, job) if args.command == "run" else _cmd_inspect(args, settings)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except ScoringError as exc:
         if debug:
             traceback.print_exc()
         print(f"scoring: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.PIPE_CLOSED
     except Exception as exc:  # anything unplanned is a bug: say so, keep the trace for --debug
         if debug:
             traceback.print_exc()

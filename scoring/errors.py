@@ -28,6 +28,7 @@ class ExitCode:
     OUTPUT = 10
     ENGINE_UNAVAILABLE = 11
     INTERRUPTED = 130
+    PIPE_CLOSED = 141  # 128 + SIGPIPE: stdout was closed early (`scoring models inspect ... | head`)
     TERMINATED = 143
 
 
@@ -50,6 +51,12 @@ class ConfigError(ScoringError, ValueError):
     """A setting, job file or command-line value is invalid."""
 
     exit_code = ExitCode.CONFIG
+
+
+class UsageError(ScoringError, ValueError):
+    """A malformed command line (a flag's value that argparse alone cannot check)."""
+
+    exit_code = ExitCode.USAGE
 
 
 class RegistryError(ScoringError):

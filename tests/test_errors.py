@@ -80,7 +80,7 @@ def test_success_exit_code_and_metadata(cli):
         ("gb=models:/gb/one", ExitCode.MODEL_NOT_FOUND, r"version 'one' is not a number"),
         ("gb=/nowhere/model.onnx", ExitCode.MODEL_NOT_FOUND, r"model file '/nowhere/model.onnx' does not exist"),
         ("g-b=models:/gb/1", ExitCode.CONFIG, r"model name 'g-b' is not a plain SQL identifier"),
-        ("gb", ExitCode.CONFIG, r"--model expects NAME=VALUE"),
+        ("gb", ExitCode.USAGE, r"--model expects NAME=VALUE"),
     ],
 )
 def test_bad_model_reference(cli, model, code, message):
@@ -287,3 +287,18 @@ def test_a_failing_disk_is_an_output_error_with_its_manifest(registry, tmp_path)
     assert_nothing_published(out)
     manifest = json.loads((out.parent / "scored.parquet.failed.run.json").read_text())
     assert manifest["exit_code"] == ExitCode.OUTPUT
+
+
+def test_a_bad_command_line_is_one_line_and_exit_2(cli, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli("--mode", "overwirte")
+    assert stopped.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "scoring run: error: argument --mode: invalid choice: 'overwirte' (choose from 'overwrite', 'error') "
+        "(see 'scoring run --help')"
+    ]
+    code, err, out = cli(models=("gb:models:/gb/1",))
+    assert code == ExitCode.USAGE
+    assert error_line(err) == "scoring: error: --model expects NAME=VALUE, got 'gb:models:/gb/1'"
+    assert_nothing_published(out)

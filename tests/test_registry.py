@@ -111,3 +111,24 @@ def test_uris_named_in_queries_never_share_a_function(registry, tmp_path):
     assert first != second and again == first and again_model is first_model
     assert first_model.ref.version == "1" and second_model.ref.version == "2"
     assert resolved == ["models:/a-b/1", "models:/a_b/1"]  # each URI loaded once
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(registry, tmp_path):
+    """`scoring models inspect ... | head`: the reader leaves early; no traceback, no error line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCORING_", "MLFLOW_"))}
+    env.update(MLFLOW_TRACKING_URI=registry.tracking_uri, SCORING_CACHE_DIR=str(tmp_path / "cache"))
+    code = "import sys; from scoring.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "models", "inspect", "models:/gb/1", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    proc.stdout.close()  # before the command has written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err
