@@ -287,7 +287,27 @@ class Registry:
     def _resolve_run(self, uri: str, run_id: str, path: str) -> ModelRef:
         name = Path(path.rstrip("/")).name
         pinned = f"runs:/{run_id}/{path}"
-        return self._download(uri, uri, name, None, pinned, key=None)
+        try:
+            return self._download(uri, uri, name, None, pinned, key=None)
+        except ModelNotFoundError:
+            # MLflow 3 logs a model as a LoggedModel of the run, not as run artifacts, and its own
+            # fallback looks it up in the process-wide tracking URI: look it up here instead.
+            location = self._logged_model_location(run_id, path.rstrip("/"))
+            if location is None:
+                raise
+            return self._download(uri, location, name, None, pinned, key=None)
+
+    def _logged_model_location(self, run_id: str, name: str) -> str | None:
+        """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
+        run = self._call(f"run '{run_id}'", self.client.get_run, run_id)
+        found = self._call(
+            f"models logged by run '{run_id}'",
+            lambda: self.client.search_logged_models(
+                experiment_ids=[run.info.experiment_id],
+                filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+            ),
+        )
+        return str(found[0].artifact_location) if found else None
 
     def _resolve_local(self, uri: str) -> ModelRef:
         path = Path(uri).expanduser()
@@ -331,12 +351,18 @@ class Registry:
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as tmp:
-            local = self._call(
-                f"artifacts of model '{pinned}'",
-                lambda: mlflow.artifacts.download_artifacts(
-                    artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=self.tracking_uri
-                ),
-            )
+            what = f"artifacts of model '{pinned}'"
+            try:
+                local = self._call(
+                    what,
+                    lambda: mlflow.artifacts.download_artifacts(
+                        artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=self.tracking_uri
+                    ),
+                )
+            except ModelNotFoundError as exc:
+                if str(exc) != what:  # the registry said more than "not found": keep its words
+                    raise
+                raise ModelNotFoundError(f"model '{pinned}' not found: nothing at {artifact_uri}") from None
             local_path = Path(local)
             if local_path.is_dir():
                 onnx_file, signature = _read_mlmodel(local_path, uri)

@@ -232,3 +232,16 @@ def test_null_as_nan_reaches_the_model(registry, settings, engine, gb_with_nulls
     keep = [i for i in range(len(labels)) if i not in (3, 250)]
     # scikit-learn's GradientBoostingClassifier refuses NaN, so only the other rows have a reference
     np.testing.assert_array_equal(np.array(labels)[keep], registry.cases["gb"].expected_label()[keep])
+
+
+def test_star_arguments_are_left_to_the_engine(registry, settings, tmp_path):
+    """`m(COLUMNS('f[0-5]'))` is one argument in the text and six once DuckDB expands it."""
+    table, _ = score(
+        settings,
+        "duckdb",
+        "SELECT id, gb(COLUMNS('^f[0-5]$')).label AS label FROM t",
+        {"gb": "models:/gb/1"},
+        {"t": registry.tables["gb"]},
+        tmp_path / "out",
+    )
+    np.testing.assert_array_equal(by_key(table, "id").column("label").to_numpy(), registry.cases["gb"].expected_label())

@@ -52,7 +52,12 @@ def test_run_artifact_and_local_file(registry, settings, tmp_path):
     import mlflow
 
     run_id = mlflow.MlflowClient(registry.tracking_uri).get_model_version("reg", "1").run_id
-    by_run = reg.resolve(f"runs:/{run_id}/model")
+    # As in a CLI process: MLflow's own current tracking URI is not the registry's.
+    mlflow.set_tracking_uri((tmp_path / "elsewhere").as_uri())
+    try:
+        by_run = reg.resolve(f"runs:/{run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(registry.tracking_uri)
     assert by_run.sha256 == pinned.sha256 and by_run.version is None
     local = tmp_path / "reg.onnx"
     shutil.copy(pinned.path, local)

@@ -261,6 +261,8 @@ def check_calls(tree: exp.Expr, catalog: Catalog) -> None:
         name, model = bound.get(call.name.lower(), (None, None))
         if model is None or len(call.expressions) == len(model.arguments):
             continue
+        if any(arg.is_star or isinstance(arg, exp.Columns) for arg in call.expressions):
+            continue  # `m(*)`, `m(t.*)`, `m(COLUMNS(...))`: the engine expands them
         names = [a.name for a in model.arguments]
         expected = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
         raise SchemaMismatchError(
