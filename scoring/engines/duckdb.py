@@ -210,6 +210,10 @@ class DuckDBEngine(ModelCatalog):
             return None
         arguments = self.models[name].arguments
         found = _split_types(match["found"])
+        if len(found) != len(arguments):
+            return SchemaMismatchError(
+                f"model '{name}' takes {len(arguments)} arguments, but the call passes {len(found)} ({match['found']})"
+            )
         for position, (arg, passed) in enumerate(zip(arguments, found, strict=False), start=1):
             wanted = _PARAMETER[types.onnx_element(arg.onnx_type)]
             if passed != wanted and not (wanted in ("DOUBLE", "BIGINT") and _NUMERIC.match(passed)):
