@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.engines import score
@@ -245,3 +247,23 @@ def test_star_arguments_are_left_to_the_engine(registry, settings, tmp_path):
         tmp_path / "out",
     )
     np.testing.assert_array_equal(by_key(table, "id").column("label").to_numpy(), registry.cases["gb"].expected_label())
+
+
+def test_a_boolean_column_feeds_a_float_input(registry, settings, engine, tmp_path):
+    """bool -> number is a safe conversion: the table-valued forms cast it, on both engines."""
+    case = registry.cases["gb"]
+    frame = case.frame.copy()
+    frame["f0"] = frame["f0"] > 0
+    path = tmp_path / "flags.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    table, _ = score(
+        settings,
+        engine,
+        "SELECT d.id, p.label FROM PREDICT(MODEL = 'gb', DATA = t AS d) WITH (label BIGINT) AS p",
+        {"gb": "models:/gb/1"},
+        {"t": path},
+        tmp_path / "out",
+        dialect="tsql",
+    )
+    features = frame[case.features].to_numpy(np.float32)
+    np.testing.assert_array_equal(by_key(table, "id").column("label").to_numpy(), case.estimator.predict(features))

@@ -152,7 +152,15 @@ def _declared_value(model: Model, column: exp.ColumnDef) -> exp.Expr:
 
 def _call(fn: str, model: Model, alias: str, schema: pa.Schema, table: str) -> exp.Expr:
     columns = model.bind(schema, table)
-    return exp.Anonymous(this=fn, expressions=[exp.column(c, table=alias, quoted=True) for c in columns])
+    arguments = []
+    for arg, column in zip(model.arguments, columns, strict=True):
+        ref: exp.Expr = exp.column(column, table=alias, quoted=True)
+        element = types.onnx_element(arg.onnx_type)
+        if pa.types.is_boolean(schema.field(column).type) and element != "bool":
+            # bool -> number is a safe conversion, but no engine casts BOOLEAN to a number itself.
+            ref = exp.cast(ref, exp.DataType.build("DOUBLE" if element in ("float", "double") else "BIGINT"))
+        arguments.append(ref)
+    return exp.Anonymous(this=fn, expressions=arguments)
 
 
 def _expand_tsql(node: PredictTable, catalog: Catalog) -> exp.Expr:
