@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from scoring.errors import (
+    ConfigError,
     ModelLoadError,
     ModelNotFoundError,
     RegistryUnavailableError,
@@ -84,6 +85,13 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///path`` URI (None for other stores and in-memory)."""
+    if not uri.startswith("sqlite:///") or uri in ("sqlite:///", "sqlite:///:memory:"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
 
 
 def _read_mlmodel(folder: Path, uri: str) -> tuple[Path, dict[str, Any] | None]:
@@ -172,6 +180,15 @@ class Registry:
     def client(self) -> Any:
         if self._client is None:
             from mlflow.tracking import MlflowClient
+
+            for uri in {self.tracking_uri, self.registry_uri}:
+                # MLflow would create an empty registry there and report every model missing.
+                database = _sqlite_file(uri)
+                if database is not None and not database.exists():
+                    raise ConfigError(
+                        f"no MLflow registry at {uri}: the file does not exist "
+                        "(check SCORING_HOME, SCORING_TRACKING_URI or MLFLOW_TRACKING_URI)"
+                    )
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         return self._client

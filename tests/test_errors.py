@@ -302,3 +302,19 @@ def test_a_bad_command_line_is_one_line_and_exit_2(cli, capsys):
     assert code == ExitCode.USAGE
     assert error_line(err) == "scoring: error: --model expects NAME=VALUE, got 'gb:models:/gb/1'"
     assert_nothing_published(out)
+
+
+def test_a_misspelt_home_is_not_an_empty_registry(registry, tmp_path, monkeypatch, capsys):
+    """SCORING_HOME pointing nowhere: say so, instead of creating a registry and missing every model."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("SCORING_HOME", str(tmp_path / ".scorign"))
+    out = tmp_path / "out" / "scored.parquet"
+    argv = ["run", "--model", "gb=models:/gb/1", "--table", f"t={registry.tables['gb']}", "--output", str(out)]
+    assert main([*argv, "--query", "SELECT 1 AS x"]) == ExitCode.CONFIG
+    database = (tmp_path / ".scorign" / "mlflow.db").resolve()
+    assert error_line(capsys.readouterr().err) == (
+        f"scoring: error: no MLflow registry at sqlite:///{database}: the file does not exist "
+        "(check SCORING_HOME, SCORING_TRACKING_URI or MLFLOW_TRACKING_URI)"
+    )
+    assert not database.exists()
+    assert_nothing_published(out)
