@@ -206,6 +206,16 @@ def test_bad_with_declaration(cli, with_clause, message):
         ("SELECT * FROM PREDICT(MODEL = 'gb', DATA = t AS d, RUNTIME = PYTHON) AS p", "tsql", r"RUNTIME = PYTHON"),
         ("SELECT 1; SELECT 2", "duckdb", r"expected one SQL statement, found 2"),
         ("SELECT FROM WHERE", "tsql", r"cannot parse the query as tsql SQL"),
+        (
+            "SELECT d.idd FROM PREDICT(MODEL = 'gb', DATA = t AS d) WITH (label BIGINT) AS p",
+            "tsql",
+            r"column 'idd' is not in DATA 't' \(alias d\); did you mean 'id'\?",
+        ),
+        (
+            "SELECT d.id FROM PREDICT(MODEL = 'gb', DATA = t AS d) WITH (label BIGINT) AS p WHERE p.lable = 1",
+            "tsql",
+            r"column 'lable' is not in the PREDICT result \(alias p: .*\); did you mean 'label'\?",
+        ),
     ],
 )
 def test_bad_query(cli, query, dialect, message):

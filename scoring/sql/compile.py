@@ -24,7 +24,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from scoring import types
-from scoring.errors import PredictSyntaxError, SchemaMismatchError
+from scoring.errors import PredictSyntaxError, QueryError, SchemaMismatchError, did_you_mean
 from scoring.model import Model
 from scoring.sql.dialects import PredictTable, read_dialect
 
@@ -190,7 +190,7 @@ def _expand_tsql(node: PredictTable, catalog: Catalog) -> exp.Expr:
         exp.alias_(exp.column(d, table=INNER, quoted=True), d, quoted=True),
         exp.alias_(outputs, p, quoted=True),
     ).from_(exp.alias_(inner.subquery(), INNER, table=True, quoted=True))
-    _qualify_enclosing(node, d, p, set(schema.names), {c.name for c in columns})
+    _qualify_enclosing(node, d, p, set(schema.names), {c.name for c in columns}, table_name)
     return exp.alias_(outer.subquery(), f"__scoring_predict_{p}", table=True, quoted=True)
 
 
@@ -216,7 +216,16 @@ def _expand_bigquery(node: PredictTable, catalog: Catalog) -> exp.Expr:
     return exp.alias_(outer.subquery(), result_alias, table=True, quoted=True)
 
 
-def _qualify_enclosing(node: PredictTable, d: str, p: str, data_cols: set[str], out_cols: set[str]) -> None:
+def _check_qualified(column: exp.Column, alias: str, names: set[str], what: str) -> None:
+    """``d.patient_idd``: the engine would only say a struct has no such key; name it here."""
+    if column.table.lower() != alias.lower() or column.name.lower() in {n.lower() for n in names}:
+        return
+    raise QueryError(f"column '{column.name}' is not in {what}" + did_you_mean(column.name, sorted(names)))
+
+
+def _qualify_enclosing(
+    node: PredictTable, d: str, p: str, data_cols: set[str], out_cols: set[str], data_name: str
+) -> None:
     """In the SELECT that reads the PREDICT, qualify bare column names and expand ``*``."""
     select = node.find_ancestor(exp.Select)
     if select is None:
@@ -224,7 +233,11 @@ def _qualify_enclosing(node: PredictTable, d: str, p: str, data_cols: set[str], 
     data_lower = {c.lower() for c in data_cols}
     out_lower = {c.lower() for c in out_cols}
     for column in list(select.find_all(exp.Column)):
-        if column.table or column.find_ancestor(exp.Select) is not select or isinstance(column.this, exp.Star):
+        if column.find_ancestor(exp.Select) is not select or isinstance(column.this, exp.Star):
+            continue
+        if column.table:
+            _check_qualified(column, d, data_cols, f"DATA '{data_name}' (alias {d})")
+            _check_qualified(column, p, out_cols, f"the PREDICT result (alias {p}: the outputs declared in WITH)")
             continue
         name = column.name.lower()
         if name in out_lower:
