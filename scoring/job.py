@@ -18,6 +18,7 @@ from scoring.model import Model
 from scoring.registry import ModelRef, Registry
 from scoring.settings import Settings
 from scoring.sql.compile import compile_query
+from scoring.sql.dialects import read_dialect
 from scoring.writer import check_target, write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
         check_sql_name(name, "model")
     for name, path in spec.tables.items():
         check_table_path(name, path)
+    read_dialect(spec.dialect or settings.dialect or settings.engine)  # a typo fails before any registry call
 
     registry = registry_for(settings)
     engine_threads = settings.threads or default_threads()

@@ -36,7 +36,7 @@ class WriteResult:
 def check_target(path: Path, mode: str, *, folder: bool = False) -> None:
     """Fail early, before any scoring, if the result cannot be published at ``path``."""
     if mode == "error" and path.exists():
-        raise OutputError(f"output '{path}' already exists and --mode is 'error'")
+        raise OutputError(f"output '{path}' already exists and the write mode is 'error'")
     if path.is_dir() and not folder:
         raise OutputError(f"output '{path}' is a folder; expected the path of a Parquet file")
     if path.is_file() and folder:
@@ -122,7 +122,7 @@ def write_parquet(
         except OSError as exc:
             raise _write_error(path, exc) from None
         if mode == "error" and path.exists():
-            raise OutputError(f"output '{path}' appeared while the job ran and --mode is 'error'")
+            raise OutputError(f"output '{path}' appeared while the job ran and the write mode is 'error'")
         try:
             os.replace(tmp, path)
         except OSError as exc:

@@ -266,7 +266,7 @@ def test_without_job_file_the_variables_run_the_job(registry, cli_env, tmp_path,
     monkeypatch.setenv("SCORING_OUTPUT__MODE", "error")  # honoured: the result is kept
     capsys.readouterr()
     assert main(["run"]) == ExitCode.OUTPUT
-    assert "already exists and --mode is 'error'" in error_line(capsys)
+    assert "already exists and the write mode is 'error'" in error_line(capsys)
     assert pq.read_table(output).equals(first)
 
 

@@ -354,7 +354,7 @@ def _publish(tmp: Path, output: Path, mode: str) -> None:
             os.replace(tmp, output)
             return
         if mode == "error":
-            raise OutputError(f"output '{output}' appeared while the job ran and --mode is 'error'")
+            raise OutputError(f"output '{output}' appeared while the job ran and the write mode is 'error'")
         if _exchange(tmp, output):  # readers see the old folder, then the new one; never neither
             shutil.rmtree(tmp, ignore_errors=True)  # it holds the previous result now
             return
