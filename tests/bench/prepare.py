@@ -230,3 +230,29 @@ def read_matrix(path: Path) -> np.ndarray:
     for j, name in enumerate(FEATURES):
         matrix[:, j] = table.column(name).to_numpy()
     return matrix
+
+
+@dataclass
+class SparkExperiment:
+    """What the Spark experiments share: the bench table, the pinned gb model, a local[2] session."""
+
+    rows: int
+    source: Path
+    settings: object  # scoring.settings.Settings
+    ref: object  # scoring.registry.ModelRef of models:/bench_gb/1
+    spark: object  # pyspark.sql.SparkSession
+
+
+def spark_experiment(app: str, argv: list[str], default_rows: int) -> SparkExperiment:
+    """Rows from ``argv[1]`` (or ``default_rows``), their table, gb pinned, a session named ``app``."""
+    from scoring.api import pin
+    from scoring.engines.spark import start_session
+    from scoring.settings import Settings
+
+    rows = int(argv[1]) if len(argv) > 1 else default_rows
+    work = Path(".scoring/bench")
+    source = data_table(work, rows)
+    settings = Settings(tracking_uri=tracking_uri(work), home=work)
+    ref = pin({"gb": "models:/bench_gb/1"}, settings)["gb"]
+    spark = start_session("local[2]", app, jvm_log=work / "logs" / f"{app}.log")
+    return SparkExperiment(rows, source, settings, ref, spark)

@@ -25,17 +25,11 @@ import prepare
 
 from scoring import api
 from scoring.cache import load_model
-from scoring.engines.spark import start_session
-from scoring.settings import Settings
 
 
 def main() -> None:
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-    work = Path(".scoring/bench")
-    source = prepare.data_table(work, rows)
-    settings = Settings(tracking_uri=prepare.tracking_uri(work), home=work)
-    ref = api.pin({"m": "models:/bench_gb/1"}, settings)["m"]
-    spark = start_session("local[2]", "predict-forms", jvm_log=work / "logs" / "predict-forms.log")
+    bench = prepare.spark_experiment("predict-forms", sys.argv, 1_000_000)
+    rows, source, settings, ref, spark = bench.rows, bench.source, bench.settings, bench.ref, bench.spark
     from pyspark.sql.functions import arrow_udtf
 
     from scoring import types

@@ -22,19 +22,12 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).parent))
 import prepare
 
-from scoring.api import pin
 from scoring.cache import load_model
-from scoring.engines.spark import start_session
-from scoring.settings import Settings
 
 
 def main() -> None:
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000_000
-    work = Path(".scoring/bench")
-    source = prepare.data_table(work, rows)
-    settings = Settings(tracking_uri=prepare.tracking_uri(work), home=work)
-    ref = pin({"gb": "models:/bench_gb/1"}, settings)["gb"]
-    spark = start_session("local[2]", "udf-kinds", jvm_log=work / "logs" / "udf-kinds.log")
+    bench = prepare.spark_experiment("udf-kinds", sys.argv, 2_000_000)
+    rows, source, ref, spark = bench.rows, bench.source, bench.ref, bench.spark
     from pyspark.sql.functions import ArrowUDFType, arrow_udf, col, pandas_udf
 
     from scoring import types
