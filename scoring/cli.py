@@ -122,8 +122,19 @@ def _setup_logging(settings: Settings) -> None:
     root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
     root.propagate = False
     # MLflow and py4j chatter is not the job's output.
-    for noisy in ("mlflow", "alembic", "py4j", "urllib3", "pyspark"):
+    for noisy in ("mlflow", "alembic", "urllib3", "pyspark", "py4j"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Libraries that log through the root logger (py4j logs a stopped job's broken gateway call
+    # there, traceback included) print only under --debug: the job reports its outcome itself.
+    # A root handler also keeps logging.exception() from installing its own stderr handler.
+    quiet = logging.StreamHandler(sys.stderr)
+    quiet.set_name("scoring-root")
+    quiet.setLevel(logging.DEBUG if settings.debug else logging.CRITICAL + 1)
+    top = logging.getLogger()
+    top.handlers[:] = [h for h in top.handlers if h.get_name() != "scoring-root"] + [quiet]
+    # A log record that fails to format (its exception interrupted by a signal) is not worth a
+    # traceback on stderr either.
+    logging.raiseExceptions = settings.debug
 
 
 def _raise_on_signal(signum: int, frame: Any) -> None:

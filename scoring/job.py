@@ -112,8 +112,9 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
     try:
         result = _run(spec, settings, on_batch, started)
     except Exception as exc:
-        # A stop signal that surfaced through the engine as some other error is still a stop.
-        failure = exc if isinstance(exc, ScoringError) else JobInterrupted.pending()
+        # A stop signal that surfaced through the engine as some other error (a broken gateway
+        # call, a query error) is still a stop.
+        failure = JobInterrupted.pending() or (exc if isinstance(exc, ScoringError) else None)
         if failure is None:  # a bug: still on record for the scheduler, then raised as it is
             first = (str(exc).strip().splitlines() or [""])[0]
             manifest.update(status="failed", exit_code=int(ExitCode.INTERNAL), error=f"{type(exc).__name__}: {first}")

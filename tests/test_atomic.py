@@ -28,7 +28,7 @@ def big_table(registry, tmp_path_factory) -> Path:
     return path
 
 
-def _job(registry, table: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
+def _job(registry, table: Path, out: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
     env = {
         **os.environ,
         **registry.env(),
@@ -49,6 +49,7 @@ def _job(registry, table: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
         "SELECT id, gb(f0, f1, f2, f3, f4, f5) AS s FROM t",
         "--output",
         str(out),
+        *extra,
     ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -113,3 +114,28 @@ def test_a_folder_result_is_replaced_in_one_step(tmp_path):
 
     assert (output / "part-0.parquet").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "scored"]  # nothing left beside it
+
+
+@pytest.mark.spark
+def test_sigterm_stops_a_spark_job_cleanly(registry, big_table, tmp_path):
+    """The Spark engine: exit 143, one line, the previous folder intact, no temporary folder left."""
+    out = tmp_path / "out" / "scored"
+    first = _job(registry, registry.tables["gb"], out, tmp_path, "--engine", "spark")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    previous = sorted(p.name for p in out.iterdir())
+    proc = _job(registry, big_table, out, tmp_path, "--engine", "spark")
+    deadline = time.monotonic() + 240
+    while not list(out.parent.glob(".scored.tmp-*")):  # Spark has started writing the new result
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == ExitCode.TERMINATED, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == "scoring: error: job stopped by SIGTERM; nothing was published", err
+    assert "Traceback" not in err and "Logging error" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == previous
+    assert pq.read_table(out).num_rows == len(registry.cases["gb"].frame)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["scored", "scored.failed.run.json", "scored.run.json"]

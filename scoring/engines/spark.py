@@ -319,7 +319,12 @@ def write_folder(
             writer = writer.partitionBy(*partition_by)
         try:
             writer.parquet(str(tmp))
-        except Exception as exc:
+        except BaseException as exc:
+            # Stopped (SIGTERM) or failed: no task may go on writing into the folder removed below.
+            with contextlib.suppress(Exception):
+                df.sparkSession.sparkContext.cancelAllJobs()
+            if not isinstance(exc, Exception) or isinstance(exc, ScoringError):
+                raise
             raise _scoring_error_in(exc) or QueryError(_first_line(exc)) from None
         rows = ds.dataset(tmp, format="parquet", partitioning="hive" if partition_by else None).count_rows()
         (tmp / MANIFEST).write_text(json.dumps({**metadata, "rows": rows}, indent=2))
