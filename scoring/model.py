@@ -13,6 +13,7 @@ one Arrow array, row ``i`` of which belongs to input row ``i``:
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -109,6 +110,8 @@ class Model:
     matrix: bool
     null: NullPolicy = "null"
     stats: ScoringStats = field(default_factory=ScoringStats, compare=False, repr=False)
+    # Argument types already checked: an engine sends the same types batch after batch.
+    _fits: set[tuple[pa.DataType, ...]] = field(default_factory=set, compare=False, repr=False)
 
     @classmethod
     def from_session(cls, ref: ModelRef, session: Any, null: NullPolicy = "null") -> Model:
@@ -220,8 +223,11 @@ class Model:
                 f"({', '.join(a.name for a in self.arguments)}), got {len(columns)}"
             )
         cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns]
-        for position, (arg, col) in enumerate(zip(self.arguments, cols, strict=True), start=1):
-            self.check_argument(arg, col.type, f"argument {position} ({arg.name})")
+        signature = tuple(c.type for c in cols)
+        if signature not in self._fits:
+            for position, (arg, col) in enumerate(zip(self.arguments, cols, strict=True), start=1):
+                self.check_argument(arg, col.type, f"argument {position} ({arg.name})")
+            self._fits.add(signature)
         cols, valid = self._apply_null_policy(cols)
         if valid is not None:
             cols = [c.filter(valid) for c in cols]
@@ -323,6 +329,7 @@ class Model:
 # in their buffers directly instead: no copy, no pandas.
 
 
+@functools.lru_cache(maxsize=64)
 def _numpy_dtype(arrow_type: pa.DataType) -> np.dtype | None:
     """The numpy dtype with the same memory layout as ``arrow_type``, for fixed-width numbers."""
     if pa.types.is_signed_integer(arrow_type):
