@@ -137,6 +137,19 @@ def _setup_logging(settings: Settings) -> None:
     logging.raiseExceptions = settings.debug
 
 
+class _StdoutClosed(Exception):
+    """stdout's reader has gone (a pipe into `head`)."""
+
+
+def _emit(text: str) -> None:
+    """Print a result line, flushed, so that a closed pipe shows here and nowhere else."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise _StdoutClosed from None
+
+
 def _raise_on_signal(signum: int, frame: Any) -> None:
     raise JobInterrupted.request(signum)
 
@@ -238,13 +251,13 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None =
         "models": models,
     }
     if settings.log_format == "json":
-        print(json.dumps(summary))
+        _emit(json.dumps(summary))
     else:
         for name, info in models.items():
-            print(
+            _emit(
                 f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, {info['rows_scored']:,} rows scored"
             )
-        print(
+        _emit(
             f"wrote {result.rows:,} rows to {result.output} in {result.seconds:.2f} s "
             f"({result.rows_per_second:,.0f} rows/s)"
         )
@@ -255,7 +268,7 @@ def _cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     from scoring.describe import describe_model, format_description
 
     description = describe_model(args.uri, settings)
-    print(json.dumps(description, indent=2) if args.json else format_description(description))
+    _emit(json.dumps(description, indent=2) if args.json else format_description(description))
     return ExitCode.OK
 
 
@@ -287,15 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(settings)
         signal.signal(signal.SIGTERM, _raise_on_signal)
         signal.signal(signal.SIGINT, _raise_on_signal)
-        code = _cmd_run(args, settings, job) if args.command == "run" else _cmd_inspect(args, settings)
-        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
-        return code
+        if args.command == "run":
+            return _cmd_run(args, settings, job)
+        return _cmd_inspect(args, settings)
     except ScoringError as exc:
         if debug:
             traceback.print_exc()
         print(f"scoring: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to anyone
+    except _StdoutClosed:  # the reader went away (`| head`): nothing more to say to anyone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.PIPE_CLOSED
     except Exception as exc:  # anything unplanned is a bug: say so, keep the trace for --debug

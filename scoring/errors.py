@@ -142,6 +142,11 @@ class JobInterrupted(ScoringError):
         """The interruption requested in this process, if any."""
         return cls._pending
 
+    @classmethod
+    def clear(cls) -> None:
+        """Forget an earlier interruption (a new job starts in the same process)."""
+        cls._pending = None
+
     def __init__(self, signum: int) -> None:
         import signal
 

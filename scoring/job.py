@@ -99,6 +99,7 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
     Raises:
         ScoringError: a subclass naming what was wrong; nothing is published.
     """
+    JobInterrupted.clear()  # a stop belongs to the job it interrupted, not to later ones
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
     manifest: dict[str, Any] = {

@@ -87,6 +87,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _require_database(uri: str) -> None:
+    """Refuse a sqlite store whose file does not exist: MLflow would create an empty one there
+    and report every model missing."""
+    database = _sqlite_file(uri)
+    if database is not None and not database.exists():
+        raise ConfigError(
+            f"no MLflow registry at {uri}: the file does not exist "
+            "(check SCORING_HOME, SCORING_TRACKING_URI or MLFLOW_TRACKING_URI)"
+        )
+
+
 def _sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///path`` URI (None for other stores and in-memory)."""
     if not uri.startswith("sqlite:///") or uri in ("sqlite:///", "sqlite:///:memory:"):
@@ -181,14 +192,7 @@ class Registry:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            for uri in {self.tracking_uri, self.registry_uri}:
-                # MLflow would create an empty registry there and report every model missing.
-                database = _sqlite_file(uri)
-                if database is not None and not database.exists():
-                    raise ConfigError(
-                        f"no MLflow registry at {uri}: the file does not exist "
-                        "(check SCORING_HOME, SCORING_TRACKING_URI or MLFLOW_TRACKING_URI)"
-                    )
+            _require_database(self.registry_uri)
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         return self._client
@@ -316,7 +320,13 @@ class Registry:
 
     def _logged_model_location(self, run_id: str, name: str) -> str | None:
         """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
-        run = self._call(f"run '{run_id}'", self.client.get_run, run_id)
+        _require_database(self.tracking_uri)
+        try:
+            run = self._call(f"run '{run_id}'", self.client.get_run, run_id)
+        except ModelNotFoundError as exc:
+            if str(exc) != f"run '{run_id}'":
+                raise
+            raise ModelNotFoundError(f"run '{run_id}' not found in {self.tracking_uri}") from None
         found = self._call(
             f"models logged by run '{run_id}'",
             lambda: self.client.search_logged_models(

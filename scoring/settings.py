@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scoring.errors import ConfigError
@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     spark_master: str = Field("local[2]", description="Spark master URL for --engine spark.")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON.")
     debug: bool = Field(False, description="Show tracebacks on errors.")
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _codec_name(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # ZSTD as zstd, as pyarrow reads it
 
     def resolved_tracking_uri(self) -> str:
         """The tracking URI in force: explicit, or the embedded sqlite registry under ``home``."""

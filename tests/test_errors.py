@@ -175,6 +175,10 @@ def test_string_column_for_a_float_input(cli, registry, tmp_path):
             "SELECT gb(f0, CAST(f1 AS VARCHAR), f2, f3, f4, f5) AS p FROM t",
             "model 'gb' argument 2 (f1) expects DOUBLE, but the call passes VARCHAR",
         ),
+        (  # constants cast to fit: the column is the culprit
+            "SELECT gb(1, 2.5, f2, f3, f4, CAST(f5 AS VARCHAR)) AS p FROM t",
+            "model 'gb' argument 6 (f5) expects DOUBLE, but the call passes VARCHAR",
+        ),
     ],
 )
 def test_a_plain_call_that_does_not_fit_the_model(cli, query, message):
@@ -328,3 +332,17 @@ def test_a_misspelt_home_is_not_an_empty_registry(registry, tmp_path, monkeypatc
     )
     assert not database.exists()
     assert_nothing_published(out)
+
+
+def test_an_earlier_stop_is_not_blamed_for_a_later_failure(cli):
+    """A process that ran (and stopped) one job reports the next job's own error."""
+    import signal
+
+    from scoring.errors import JobInterrupted
+
+    JobInterrupted.request(signal.SIGTERM)
+    try:
+        code, err, _ = cli(models=("gb=models:/gbb/1",))
+    finally:
+        JobInterrupted.clear()
+    assert code == ExitCode.MODEL_NOT_FOUND, err

@@ -137,3 +137,9 @@ def test_inspect_into_a_closed_pipe_exits_quietly(registry, tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_a_separate_registry_needs_no_tracking_database(registry, tmp_path):
+    """Registry and tracking stores apart: a tracking file not created yet is no reason to refuse."""
+    reg = Registry(f"sqlite:///{tmp_path / 'tracking.db'}", tmp_path / "cache", registry_uri=registry.tracking_uri)
+    assert reg.resolve("models:/gb@champion").pinned_uri == "models:/gb/1"

@@ -46,3 +46,8 @@ def test_an_unknown_codec_is_refused_before_any_work(monkeypatch):
     monkeypatch.setenv("SCORING_COMPRESSION", "zstdd")
     with pytest.raises(ConfigError, match=r"setting 'compression': Input should be 'zstd', .*\(got 'zstdd'\)"):
         load_settings()
+
+
+def test_codec_names_are_read_in_any_case(monkeypatch):
+    monkeypatch.setenv("SCORING_COMPRESSION", "ZSTD")
+    assert load_settings().compression == "zstd"
