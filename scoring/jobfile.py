@@ -235,7 +235,7 @@ def _set_by_environment() -> set[str]:
 def known_variables() -> set[str]:
     """Every ``SCORING_*`` variable the settings and the job read."""
     names = {f"SCORING_{name.upper()}" for name in (*Settings.model_fields, *JobEnv.model_fields)}
-    return names | {f"SCORING_OUTPUT__{name.upper()}" for name in OutputSpec.model_fields}
+    return names | {f"{_OUTPUT_FIELD}{name.upper()}" for name in OutputSpec.model_fields}
 
 
 def check_environment(environ: Mapping[str, str]) -> None:

@@ -197,14 +197,15 @@ class Registry:
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         return self._client
 
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+    def _call(self, what: str, fn: Any, *args: Any, missing: str | None = None) -> Any:
+        """``fn(*args)`` with MLflow's errors as ours; ``missing`` is the line for "not found"."""
         from mlflow.exceptions import MlflowException
 
         try:
             return fn(*args)
         except MlflowException as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-                raise ModelNotFoundError(what) from None
+                raise ModelNotFoundError(missing or what) from None
             if self._unreachable(exc):
                 raise RegistryUnavailableError(
                     f"model registry at {self.registry_uri} is unreachable while looking up {what}"
@@ -321,12 +322,9 @@ class Registry:
     def _logged_model_location(self, run_id: str, name: str) -> str | None:
         """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
         _require_database(self.tracking_uri)
-        try:
-            run = self._call(f"run '{run_id}'", self.client.get_run, run_id)
-        except ModelNotFoundError as exc:
-            if str(exc) != f"run '{run_id}'":
-                raise
-            raise ModelNotFoundError(f"run '{run_id}' not found in {self.tracking_uri}") from None
+        run = self._call(
+            f"run '{run_id}'", self.client.get_run, run_id, missing=f"run '{run_id}' not found in {self.tracking_uri}"
+        )
         found = self._call(
             f"models logged by run '{run_id}'",
             lambda: self.client.search_logged_models(
@@ -378,18 +376,13 @@ class Registry:
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as tmp:
-            what = f"artifacts of model '{pinned}'"
-            try:
-                local = self._call(
-                    what,
-                    lambda: mlflow.artifacts.download_artifacts(
-                        artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=self.tracking_uri
-                    ),
-                )
-            except ModelNotFoundError as exc:
-                if str(exc) != what:  # the registry said more than "not found": keep its words
-                    raise
-                raise ModelNotFoundError(f"model '{pinned}' not found: nothing at {artifact_uri}") from None
+            local = self._call(
+                f"artifacts of model '{pinned}'",
+                lambda: mlflow.artifacts.download_artifacts(
+                    artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=self.tracking_uri
+                ),
+                missing=f"model '{pinned}' not found: nothing at {artifact_uri}",
+            )
             local_path = Path(local)
             if local_path.is_dir():
                 onnx_file, signature = _read_mlmodel(local_path, uri)

@@ -216,9 +216,9 @@ def _expand_bigquery(node: PredictTable, catalog: Catalog) -> exp.Expr:
     return exp.alias_(outer.subquery(), result_alias, table=True, quoted=True)
 
 
-def _check_qualified(column: exp.Column, alias: str, names: set[str], what: str) -> None:
+def _check_qualified(column: exp.Column, alias: str, names: set[str], lowered: set[str], what: str) -> None:
     """``d.patient_idd``: the engine would only say a struct has no such key; name it here."""
-    if column.table.lower() != alias.lower() or column.name.lower() in {n.lower() for n in names}:
+    if column.table.lower() != alias.lower() or column.name.lower() in lowered:
         return
     raise QueryError(f"column '{column.name}' is not in {what}" + did_you_mean(column.name, sorted(names)))
 
@@ -236,8 +236,10 @@ def _qualify_enclosing(
         if column.find_ancestor(exp.Select) is not select or isinstance(column.this, exp.Star):
             continue
         if column.table:
-            _check_qualified(column, d, data_cols, f"DATA '{data_name}' (alias {d})")
-            _check_qualified(column, p, out_cols, f"the PREDICT result (alias {p}: the outputs declared in WITH)")
+            _check_qualified(column, d, data_cols, data_lower, f"DATA '{data_name}' (alias {d})")
+            _check_qualified(
+                column, p, out_cols, out_lower, f"the PREDICT result (alias {p}: the outputs declared in WITH)"
+            )
             continue
         name = column.name.lower()
         if name in out_lower:
