@@ -47,8 +47,8 @@ clean:
 PODMAN_DIR ?= $(CURDIR)/.scoring/podman
 .PHONY: image-test
 image-test: setup
-	SCORING_PODMAN_DIR=$(PODMAN_DIR) docker/podman-setup.sh
+	IMAGE_TEST_DIR=$(PODMAN_DIR) docker/podman-setup.sh
 	@started=$$(date +%s); . $(PODMAN_DIR)/env; \
-	SCORING_IMAGE_TEST=required $(BIN)/pytest -q --timeout=2400 tests/test_image.py; rc=$$?; \
+	IMAGE_TEST=required $(BIN)/pytest -q --timeout=2400 tests/test_image.py; rc=$$?; \
 	cat $(PODMAN_DIR)/image-figures.txt 2>/dev/null; \
 	echo "image-test: pytest $$(( $$(date +%s) - started )) s"; exit $$rc
