@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -378,40 +379,38 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def test_job_waits_for_a_registry_that_is_still_starting(images: dict[str, str], example: Example) -> None:
-    """No healthcheck wait under Podman: the job's registry retries carry it over a server's start."""
+    """No healthcheck wait under Podman: the job's registry retries carry it over a server's start.
+
+    The server and the job start together, as compose starts them; the job's first requests are
+    refused (checked), and 8 retries wait up to about four minutes (docker/compose.yaml).
+    """
     from tests.conftest import free_port
 
     out = example.out("late-server")
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = job(
-        example, images["duckdb"], out, "-e", "SCORING_REGISTRY_RETRIES=6",
-        detach=True, tracking_uri=url, network="host",
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
-    name = started.stdout.strip()
+    argv = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{example.home / 'mlflow.db'}",
+    ]  # fmt: skip
     log = (example.root / f"server-{port}.log").open("w")
-    server = None
+    # Its workers are stopped with it, as one process group.
+    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=example.root, start_new_session=True)
+    name = None
     try:
-        time.sleep(4)  # the job is already asking, and being refused
-        assert podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip() == "running"
-        argv = [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{example.home / 'mlflow.db'}",
-        ]  # fmt: skip
-        server = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=example.root,
-            start_new_session=True,  # its workers are stopped with it, as one process group
-        )
-        code = int(podman("wait", name, timeout=240).stdout.strip())
+        started = job(
+            example, images["duckdb"], out, "-e", "SCORING_REGISTRY_RETRIES=8",
+            detach=True, tracking_uri=f"http://127.0.0.1:{port}", network="host",
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        name = started.stdout.strip()
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the server is not listening yet: the job's first requests are refused
+        code = int(podman("wait", name, timeout=400).stdout.strip())
         done = podman("logs", name, check=False)
     finally:
-        podman("rm", "--force", name, check=False)
-        if server is not None:
-            _stop_group(server)
+        if name:
+            podman("rm", "--force", name, check=False)
+        _stop_group(server)
         log.close()
     assert code == 0, done.stderr[-3000:]
     check_scored(out, example, subprocess.CompletedProcess([], 0, done.stdout, done.stderr))
