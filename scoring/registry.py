@@ -27,9 +27,10 @@ from scoring.errors import (
     ConfigError,
     ModelLoadError,
     ModelNotFoundError,
-    RegistryUnavailableError,
     did_you_mean,
 )
+from scoring.redact import redact
+from scoring.registry_errors import translate
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,12 @@ class Registry:
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.cache_dir = Path(cache_dir)
-        # MLflow reads these per request; its defaults retry for minutes, which turns an
-        # unreachable registry into a hung job instead of a retryable exit code.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        # MLflow reads its HTTP timeouts and retries from process-wide variables only; a library
+        # must not change those for its host, so the CLI sets them (scoring.cli) and an embedding
+        # program keeps its own. `timeout` bounds the one diagnostic request made here.
+        self.timeout = timeout
+        self.retries = retries
+        self.shown_uri = redact(self.registry_uri)
         self._client: Any = None
 
     # -- public -------------------------------------------------------------------------------
@@ -198,37 +200,14 @@ class Registry:
         return self._client
 
     def _call(self, what: str, fn: Any, *args: Any, missing: str | None = None) -> Any:
-        """``fn(*args)`` with MLflow's errors as ours; ``missing`` is the line for "not found"."""
+        """``fn(*args)`` with MLflow's errors as ours (:mod:`scoring.registry_errors`); ``missing``
+        is the line for "not found"."""
         from mlflow.exceptions import MlflowException
 
         try:
             return fn(*args)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-                raise ModelNotFoundError(missing or what) from None
-            if self._unreachable(exc):
-                raise RegistryUnavailableError(
-                    f"model registry at {self.registry_uri} is unreachable while looking up {what}"
-                ) from None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotFoundError(f"{what}: registry answered: {first}") from None
-        except OSError as exc:  # requests' ConnectionError is an OSError
-            raise RegistryUnavailableError(
-                f"model registry at {self.registry_uri} is unreachable ({type(exc).__name__})"
-            ) from None
-
-    def _unreachable(self, exc: Exception) -> bool:
-        text = str(exc)
-        markers = (
-            "Max retries exceeded",
-            "Connection refused",
-            "failed with exception",
-            "ConnectionError",
-            "Read timed out",
-            "NewConnectionError",
-            "Name or service",
-        )
-        return self.registry_uri.startswith(("http://", "https://")) and any(m in text for m in markers)
+        except (MlflowException, OSError) as exc:  # requests' ConnectionError is an OSError
+            raise translate(exc, what, self.registry_uri, missing, self.timeout) from None
 
     def _model_names(self) -> list[str]:
         try:
@@ -291,7 +270,7 @@ class Registry:
             return self._call(f"model '{name}'", self.client.get_registered_model, name)
         except ModelNotFoundError:
             raise ModelNotFoundError(
-                f"model '{name}' is not registered in {self.registry_uri}" + did_you_mean(name, self._model_names())
+                f"model '{name}' is not registered in {self.shown_uri}" + did_you_mean(name, self._model_names())
             ) from None
         except MlflowException:  # pragma: no cover - _call maps every MlflowException
             raise
@@ -323,7 +302,10 @@ class Registry:
         """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
         _require_database(self.tracking_uri)
         run = self._call(
-            f"run '{run_id}'", self.client.get_run, run_id, missing=f"run '{run_id}' not found in {self.tracking_uri}"
+            f"run '{run_id}'",
+            self.client.get_run,
+            run_id,
+            missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}",
         )
         found = self._call(
             f"models logged by run '{run_id}'",
@@ -339,9 +321,9 @@ class Registry:
         if not path.exists():
             raise ModelNotFoundError(f"model file '{uri}' does not exist")
         signature = None
+        name = path.resolve().name if path.is_dir() else path.stem  # a model folder is named by itself
         if path.is_dir():
             path, signature = _read_mlmodel(path, uri)
-        name = path.stem if path.parent.name != path.stem else path.parent.name
         sha = _sha256(path)
         blob = self._store(path, sha)
         return ModelRef(uri, name, None, sha, blob, str(path.resolve()), signature)
