@@ -29,7 +29,7 @@ class ExitCode:
     INPUT_DATA = 9
     OUTPUT = 10
     ENGINE_UNAVAILABLE = 11
-    AUTHENTICATION = 12
+    AUTHENTICATION = 12  # a registry or store refused the credentials: fix them, do not retry
     INTERRUPTED = 130
     PIPE_CLOSED = 141  # 128 + SIGPIPE: stdout was closed early (`scoring models inspect ... | head`)
     TERMINATED = 143
@@ -86,15 +86,6 @@ class RegistryUnavailableError(RegistryError, ConnectionError):
     retryable = True
 
 
-class AuthenticationError(RegistryError, PermissionError):
-    """The registry refused the credentials (HTTP 401 / 403, UNAUTHENTICATED / PERMISSION_DENIED).
-
-    Not retryable as it is: the credentials or the permissions must change first.
-    """
-
-    exit_code = ExitCode.AUTHENTICATION
-
-
 class NotARegistryError(RegistryError):
     """The tracking URI answers, but not as an MLflow registry (an HTML page, a login redirect)."""
 
@@ -143,6 +134,12 @@ class OutputError(ScoringError, OSError):
     """The result cannot be published at the requested path."""
 
     exit_code = ExitCode.OUTPUT
+
+
+class AuthenticationError(ScoringError, PermissionError):
+    """A registry or storage service refused the credentials (HTTP 401/403 or its error code)."""
+
+    exit_code = ExitCode.AUTHENTICATION
 
 
 class EngineUnavailableError(ScoringError, RuntimeError):

@@ -62,6 +62,7 @@ def registry_for(settings: Settings) -> Registry:
         registry_uri=settings.registry_uri,
         timeout=settings.registry_timeout,
         retries=settings.registry_retries,
+        max_bytes=settings.model_max_bytes,
     )
 
 

@@ -17,12 +17,12 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scoring.blobs import DEFAULT_MAX_BYTES, FILE_MODE, Store, make_folder
 from scoring.errors import (
     ConfigError,
     ModelLoadError,
@@ -80,14 +80,6 @@ class ModelRef:
         }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _require_database(uri: str) -> None:
     """Refuse a sqlite store whose file does not exist: MLflow would create an empty one there
     and report every model missing."""
@@ -123,7 +115,10 @@ def _read_mlmodel(folder: Path, uri: str) -> tuple[Path, dict[str, Any] | None]:
             f"model '{uri}' has flavors {sorted(flavors)}; only the 'onnx' flavor is loaded "
             "(log it with mlflow.onnx.log_model)"
         )
-    onnx_file = folder / str(flavors["onnx"].get("data", "model.onnx"))
+    named = str(flavors["onnx"].get("data", "model.onnx"))
+    onnx_file = (folder / named).resolve()
+    if Path(named).is_absolute() or not onnx_file.is_relative_to(folder.resolve()):
+        raise ModelLoadError(f"model '{uri}': MLmodel names ONNX file '{named}' outside the artifact folder; refused")
     if not onnx_file.is_file():
         raise ModelLoadError(f"model '{uri}': ONNX file {onnx_file.name} missing from the artifacts")
     signature = None
@@ -145,6 +140,7 @@ class Registry:
         cache_dir: Folder of the content-addressed cache.
         timeout: Seconds per HTTP request to a remote registry.
         retries: Retries per HTTP request.
+        max_bytes: Largest model accepted (ONNX file plus external data).
     """
 
     def __init__(
@@ -154,6 +150,7 @@ class Registry:
         registry_uri: str | None = None,
         timeout: int = 30,
         retries: int = 2,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
@@ -164,6 +161,8 @@ class Registry:
         self.timeout = timeout
         self.retries = retries
         self.shown_uri = redact(self.registry_uri)
+        self.max_bytes = max_bytes
+        self.store = Store(self.cache_dir)
         self._client: Any = None
 
     # -- public -------------------------------------------------------------------------------
@@ -324,14 +323,13 @@ class Registry:
         name = path.resolve().name if path.is_dir() else path.stem  # a model folder is named by itself
         if path.is_dir():
             path, signature = _read_mlmodel(path, uri)
-        sha = _sha256(path)
-        blob = self._store(path, sha)
+        sha, blob = self.store.put(path, uri, self.max_bytes)
         return ModelRef(uri, name, None, sha, blob, str(path.resolve()), signature)
 
     # -- cache ----------------------------------------------------------------------------------
 
     def _blob(self, sha: str) -> Path:
-        return self.cache_dir / "blobs" / f"{sha}.onnx"
+        return self.store.path(sha)
 
     def _ref_file(self, key: str) -> Path:
         return self.cache_dir / "refs" / f"{key}.json"
@@ -356,7 +354,7 @@ class Registry:
     ) -> ModelRef:
         import mlflow.artifacts
 
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.cache_dir)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as tmp:
             local = self._call(
                 f"artifacts of model '{pinned}'",
@@ -372,27 +370,16 @@ class Registry:
                 onnx_file, signature = local_path, None
             else:
                 raise ModelLoadError(f"model '{uri}': artifact {local_path.name} is not an ONNX model")
-            sha = _sha256(onnx_file)
-            blob = self._store(onnx_file, sha)
+            sha, blob = self.store.put(onnx_file, uri, self.max_bytes)
         if key is not None:
             self._write_ref(key, {"sha256": sha, "signature": signature, "pinned_uri": pinned})
         return ModelRef(uri, name, version, sha, blob, pinned, signature)
 
-    def _store(self, source: Path, sha: str) -> Path:
-        blob = self._blob(sha)
-        if blob.is_file():
-            return blob
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=".tmp-")
-        os.close(fd)
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, blob)  # atomic: readers see no file or the whole file
-        return blob
-
     def _write_ref(self, key: str, entry: dict[str, Any]) -> None:
         ref = self._ref_file(key)
-        ref.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(ref.parent)
         fd, tmp = tempfile.mkstemp(dir=ref.parent, prefix=".tmp-")
         with os.fdopen(fd, "w") as fh:
             json.dump(entry, fh)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, ref)
