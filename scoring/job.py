@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
         ScoringError: a subclass naming what was wrong; nothing is published.
     """
     JobInterrupted.clear()  # a stop belongs to the job it interrupted, not to later ones
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter()
     manifest: dict[str, Any] = {
         "scoring_version": __version__,
@@ -142,7 +142,7 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
 
 def _write_manifest(spec: JobSpec, manifest: dict[str, Any], started: float) -> None:
     manifest["seconds"] = round(time.perf_counter() - started, 3)
-    manifest["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     failed = manifest["status"] == "failed"
     path = manifest_path(Path(spec.output), failed=failed)
     try:
@@ -208,7 +208,7 @@ def run_metadata(spec: JobSpec, refs: dict[str, ModelRef], engine: str, dialect:
     return redact_data(
         {
             "scoring_version": __version__,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "engine": engine,
             "dialect": dialect,
             "models": {name: ref.describe() for name, ref in refs.items()},

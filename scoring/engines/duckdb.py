@@ -205,7 +205,7 @@ class DuckDBEngine(ModelCatalog):
         self._udf_error = None
         self.seal()
         try:
-            return self.con.sql(sql).to_arrow_reader(batch_rows)
+            return _arrow_reader(self.con.sql(sql), batch_rows)
         except duckdb.Error as exc:
             raise self.translate(exc) from None
 
@@ -295,3 +295,9 @@ def _query_error(exc: BaseException) -> ScoringError:
     if isinstance(exc, duckdb.CatalogException) and "Table with name" in message:
         return InputDataError(message)
     return QueryError(message)
+
+
+def _arrow_reader(relation: duckdb.DuckDBPyRelation, batch_rows: int) -> pa.RecordBatchReader:
+    """Stream a relation as Arrow batches: ``to_arrow_reader`` from DuckDB 1.4 on, ``fetch_arrow_reader`` before."""
+    to_reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+    return to_reader(batch_rows)
