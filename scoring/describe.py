@@ -7,6 +7,7 @@ from typing import Any
 from scoring import types
 from scoring.cache import load_model
 from scoring.job import registry_for
+from scoring.redact import redact_data
 from scoring.settings import Settings
 
 
@@ -14,32 +15,34 @@ def describe_model(uri: str, settings: Settings) -> dict[str, Any]:
     """Pin and load ``uri``; describe its tensors, signature, binding and SQL types."""
     ref = registry_for(settings).resolve(uri)
     model = load_model(ref, 1, settings.null)
-    return {
-        "uri": uri,
-        "pinned_uri": ref.pinned_uri,
-        "name": ref.name,
-        "version": ref.version,
-        "sha256": ref.sha256,
-        "inputs": [
-            {"name": t.name, "type": t.onnx_type, "shape": [d if isinstance(d, int) else "N" for d in t.shape]}
-            for t in model.inputs
-        ],
-        "outputs": [
-            {
-                "name": o.name,
-                "kind": o.kind,
-                "duckdb_type": types.duckdb_type(o.arrow_type),
-                "spark_type": types.spark_type(o.arrow_type),
-            }
-            for o in model.outputs
-        ],
-        "signature": ref.signature,
-        "binding": "one [N, F] input fed by these columns, in order"
-        if model.matrix
-        else "one input per column, bound by name",
-        "arguments": [{"column": a.name, "type": types.onnx_element(a.onnx_type)} for a in model.arguments],
-        "returns": {"duckdb": types.duckdb_type(model.output_type), "spark": types.spark_type(model.output_type)},
-    }
+    return redact_data(
+        {
+            "uri": uri,
+            "pinned_uri": ref.pinned_uri,
+            "name": ref.name,
+            "version": ref.version,
+            "sha256": ref.sha256,
+            "inputs": [
+                {"name": t.name, "type": t.onnx_type, "shape": [d if isinstance(d, int) else "N" for d in t.shape]}
+                for t in model.inputs
+            ],
+            "outputs": [
+                {
+                    "name": o.name,
+                    "kind": o.kind,
+                    "duckdb_type": types.duckdb_type(o.arrow_type),
+                    "spark_type": types.spark_type(o.arrow_type),
+                }
+                for o in model.outputs
+            ],
+            "signature": ref.signature,
+            "binding": "one [N, F] input fed by these columns, in order"
+            if model.matrix
+            else "one input per column, bound by name",
+            "arguments": [{"column": a.name, "type": types.onnx_element(a.onnx_type)} for a in model.arguments],
+            "returns": {"duckdb": types.duckdb_type(model.output_type), "spark": types.spark_type(model.output_type)},
+        }
+    )
 
 
 def format_description(d: dict[str, Any]) -> str:

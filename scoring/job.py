@@ -15,7 +15,9 @@ from scoring.cache import default_threads, load_model
 from scoring.engines import check_sql_name, check_table_path
 from scoring.errors import ExitCode, JobInterrupted, ScoringError
 from scoring.model import Model
+from scoring.redact import redact_data
 from scoring.registry import ModelRef, Registry
+from scoring.sandbox import check_sql, check_unique_names
 from scoring.settings import Settings
 from scoring.sql.compile import compile_query
 from scoring.sql.dialects import read_dialect
@@ -60,6 +62,7 @@ def registry_for(settings: Settings) -> Registry:
         registry_uri=settings.registry_uri,
         timeout=settings.registry_timeout,
         retries=settings.registry_retries,
+        max_bytes=settings.model_max_bytes,
     )
 
 
@@ -76,7 +79,7 @@ def open_engine(settings: Settings, resolve: Callable[[str], Model]) -> Any:
         )
     from scoring.engines.duckdb import DuckDBEngine
 
-    return DuckDBEngine(threads=settings.threads, resolve=resolve)
+    return DuckDBEngine(threads=settings.threads, resolve=resolve, sandbox=not settings.host_access)
 
 
 def manifest_path(output: Path, *, failed: bool = False) -> Path:
@@ -143,7 +146,7 @@ def _write_manifest(spec: JobSpec, manifest: dict[str, Any], started: float) -> 
     failed = manifest["status"] == "failed"
     path = manifest_path(Path(spec.output), failed=failed)
     try:
-        write_json_atomically(path, manifest)
+        write_json_atomically(path, redact_data(manifest))
         if not failed:
             manifest_path(Path(spec.output), failed=True).unlink(missing_ok=True)
     except OSError as exc:  # the manifest must never hide the job's own outcome
@@ -153,11 +156,15 @@ def _write_manifest(spec: JobSpec, manifest: dict[str, Any], started: float) -> 
 def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | None, started: float) -> JobResult:
     output = Path(spec.output)
     check_target(output, settings.mode, folder=settings.engine == "spark")
+    for what, names in (("model", spec.models), ("table", spec.tables)):
+        check_unique_names(what, names)
     for name in spec.models:
         check_sql_name(name, "model")
     for name, path in spec.tables.items():
         check_table_path(name, path)
-    read_dialect(spec.dialect or settings.dialect or settings.engine)  # a typo fails before any registry call
+    source = read_dialect(spec.dialect or settings.dialect or settings.engine)  # a typo fails before any registry call
+    if not settings.host_access:
+        check_sql(spec.query, source, strict=False)  # before any engine sees the text (scoring.sandbox)
 
     registry = registry_for(settings)
     engine_threads = settings.threads or default_threads()
@@ -182,6 +189,8 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
             engine.register_model(name, model)
         dialect = spec.dialect or settings.dialect or engine.dialect
         sql = compile_query(spec.query, dialect, engine.dialect, engine)
+        if not settings.host_access:
+            check_sql(sql, engine.dialect)
         log.debug("compiled SQL: %s", sql)
         metadata = run_metadata(spec, refs, engine.name, dialect, sql)
         rows = engine.publish(sql, output, metadata, settings, on_batch)
@@ -195,14 +204,16 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
 
 
 def run_metadata(spec: JobSpec, refs: dict[str, ModelRef], engine: str, dialect: str, sql: str) -> dict[str, Any]:
-    """The run metadata stored with a result: pinned models, inputs, query, versions."""
-    return {
-        "scoring_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "engine": engine,
-        "dialect": dialect,
-        "models": {name: ref.describe() for name, ref in refs.items()},
-        "tables": dict(spec.tables),
-        "query": spec.query,
-        "compiled_sql": sql,
-    }
+    """The run metadata stored with a result: pinned models, inputs, query, versions (redacted)."""
+    return redact_data(
+        {
+            "scoring_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "engine": engine,
+            "dialect": dialect,
+            "models": {name: ref.describe() for name, ref in refs.items()},
+            "tables": dict(spec.tables),
+            "query": spec.query,
+            "compiled_sql": sql,
+        }
+    )

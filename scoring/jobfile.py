@@ -80,6 +80,7 @@ class JobFile(BaseModel):
     engine: EngineName | None = None
     dialect: str | None = None
     null: NullPolicy | None = None
+    host_access: bool | None = None
     models: dict[str, str] = Field(default_factory=dict)
     tables: dict[str, str] = Field(default_factory=dict)
     query: str | None = None
@@ -294,6 +295,7 @@ def load_job(path: Path | None, flags: Mapping[str, Any] | None = None) -> tuple
         "engine": job.engine,
         "dialect": job.dialect,
         "null": job.null,
+        "host_access": job.host_access,
         "mode": job.output.mode,
         "compression": job.output.compression,
     }

@@ -30,6 +30,21 @@ def check_table_path(name: str, path: str) -> None:
     check_sql_name(name, "table")
     if not any(ch in path for ch in "*?[") and not Path(path).exists():
         raise InputDataError(f"table '{name}': no Parquet file or folder at '{path}'")
+    _check_no_empty_file(name, Path(path))
+
+
+def _check_no_empty_file(name: str, source: Path) -> None:
+    """Refuse a 0-byte Parquet file (a writer that died early), on both engines alike: DuckDB
+    would fail on it and Spark would skip it, scoring part of the table without a word."""
+    if source.is_dir():
+        files = (p for p in source.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in p.parts[-1:]))
+    elif source.is_file():
+        files = iter([source])
+    else:
+        return
+    for file in files:
+        if file.is_file() and file.stat().st_size == 0:
+            raise InputDataError(f"table '{name}': {file.name} is empty (0 bytes), not a Parquet file: remove it")
 
 
 class ModelCatalog:
