@@ -292,7 +292,10 @@ class Registry:
             # the process-wide tracking URI, which in an embedding program is not the registry's.
             _require_database(self.tracking_uri)
             run = self._call(
-                f"run '{run_id}'", self.client.get_run, run_id, missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}"
+                f"run '{run_id}'",
+                self.client.get_run,
+                run_id,
+                missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}",
             )
             location = f"{str(run.info.artifact_uri).rstrip('/')}/{path.strip('/')}"
             return self._download(uri, location, name, None, pinned, key=None)
