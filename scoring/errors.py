@@ -27,6 +27,7 @@ class ExitCode:
     INPUT_DATA = 9
     OUTPUT = 10
     ENGINE_UNAVAILABLE = 11
+    AUTHENTICATION = 12  # a registry or store refused the credentials: fix them, do not retry
     INTERRUPTED = 130
     PIPE_CLOSED = 141  # 128 + SIGPIPE: stdout was closed early (`scoring models inspect ... | head`)
     TERMINATED = 143
@@ -114,6 +115,12 @@ class OutputError(ScoringError, OSError):
     """The result cannot be published at the requested path."""
 
     exit_code = ExitCode.OUTPUT
+
+
+class AuthenticationError(ScoringError, PermissionError):
+    """A registry or storage service refused the credentials (HTTP 401/403 or its error code)."""
+
+    exit_code = ExitCode.AUTHENTICATION
 
 
 class EngineUnavailableError(ScoringError, RuntimeError):

@@ -61,7 +61,7 @@ class OutputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path
+    path: str  # a path or a URI: Path() would fold s3:// and hdfs:// into s3:/ and hdfs:/
     compression: str | None = None
     mode: WriteMode | None = None
     partition_by: list[str] | None = None

@@ -5,19 +5,18 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from scoring import types
+from scoring import storage, types
 from scoring.engines import ModelCatalog, check_sql_name, check_table_path
 from scoring.errors import InputDataError, QueryError, SchemaMismatchError, ScoringError
 from scoring.model import Model, ScoringStats
+from scoring.publish import write_parquet
 from scoring.sql.dialects import read_dialect
-from scoring.writer import write_parquet
 
 # DuckDB never casts DOUBLE to FLOAT implicitly, so float inputs are declared DOUBLE
 # (any number casts to it) and narrowed to float32 when the batch reaches the model.
@@ -86,6 +85,7 @@ class DuckDBEngine(ModelCatalog):
         self._resolve = resolve
         self._udf_error: ScoringError | None = None
         self._counters: dict[str, ScoringStats] = {}
+        self.tables: dict[str, Any] = {}
 
     # -- registration -------------------------------------------------------------------------
 
@@ -124,14 +124,21 @@ class DuckDBEngine(ModelCatalog):
         self._counters[name] = counter
 
     def register_table(self, name: str, path: str) -> None:
-        """Expose Parquet at ``path`` (a file, a folder of files, or a glob) as a view."""
+        """Expose Parquet at ``path`` (a file, a folder of files, or a glob; local or on an object
+        store) as table ``name``.
+
+        The table is a pyarrow dataset registered on the connection: DuckDB pushes the columns
+        and filters of a query down into its scan, the files are read through pyarrow's
+        filesystems (S3, GCS, Azure without DuckDB's httpfs extension), and the scan needs no
+        file access of DuckDB's own, so it still works with ``enable_external_access = false``.
+        """
         check_table_path(name, path)
-        source = Path(path)
-        pattern = str(source / "**" / "*.parquet") if source.is_dir() else path
         try:
-            self.con.read_parquet(pattern, hive_partitioning=source.is_dir()).create_view(name)
-        except duckdb.Error as exc:
-            raise InputDataError(f"table '{name}': cannot read Parquet at '{path}': {_first_line(exc)}") from None
+            dataset = storage.open_dataset(path)
+        except ScoringError as exc:
+            raise type(exc)(f"table '{name}': {exc}") from None
+        self.tables[name] = dataset  # the connection holds a reference only while this one lives
+        self.con.register(name, dataset)
 
     # -- the SQL front's catalog ---------------------------------------------------------------
 
@@ -160,7 +167,7 @@ class DuckDBEngine(ModelCatalog):
     def publish(
         self,
         sql: str,
-        output: Path,
+        output: str,
         metadata: dict[str, Any],
         settings: Any,
         on_batch: Callable[[int], None] | None = None,
