@@ -87,7 +87,7 @@ class _OutputOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path | None = None
+    path: str | None = None
     compression: str | None = None
     mode: WriteMode | None = None
     partition_by: list[str] | None = None

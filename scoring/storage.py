@@ -39,7 +39,10 @@ import pyarrow.fs as pafs
 from scoring.errors import AuthenticationError, ConfigError, ScoringError
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
-_USERINFO = re.compile(r"(?P<head>^[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@?#]*@)")
+# user:password@ (a secret may hold '/', which users do not escape), or any user@ on http(s);
+# abfs://container@account is a container name, not a credential.
+_USERINFO = re.compile(r"(?P<head>(?:^|(?<=[\s'\"(=]))[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@\s'\"]*:[^@\s'\"]*@)")
+_HTTP_USER = re.compile(r"(?P<head>\bhttps?://)(?P<userinfo>[^/@\s'\"]+@)")
 _SECRET_QUERY = re.compile(r"(?i)([?&;](?:[^=&;]*(?:secret|key|token|sig|password|credential)[^=&;]*)=)([^&;#]*)")
 GLOB_CHARS = "*?["
 MANIFEST = "_scoring.json"  # a published folder's manifest, and its commit marker (scoring.publish)
@@ -83,6 +86,7 @@ def has_glob(path: str) -> bool:
 def redact(text: str) -> str:
     """``text`` with the user info of a URI and secret-looking query values replaced by ``***``."""
     text = _USERINFO.sub(lambda m: f"{m['head']}***@", text)
+    text = _HTTP_USER.sub(lambda m: f"{m['head']}***@", text)
     return _SECRET_QUERY.sub(lambda m: f"{m[1]}***", text)
 
 
@@ -211,12 +215,19 @@ def _s3(uri: str) -> Location:
     return Location(uri, filesystem, f"{bucket}/{key}".rstrip("/") if key else bucket)
 
 
-@functools.lru_cache(maxsize=32)
 def _from_uri(base: str) -> tuple[pafs.FileSystem, str]:
-    """``FileSystem.from_uri`` of a bucket URI, once per process (the endpoint variables are read here)."""
-    if scheme(base) == "s3" and "region=" not in base and not _s3_region_known():
-        # Without a region pyarrow asks AWS where the bucket is, which an S3-compatible store
-        # behind AWS_ENDPOINT_URL may not answer: the endpoint's store is the one asked.
+    """``FileSystem.from_uri`` of a bucket URI, built once per bucket and environment."""
+    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_"))))
+    return _cached_from_uri(base, settings)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_from_uri(base: str, settings: tuple[tuple[str, str], ...]) -> tuple[pafs.FileSystem, str]:
+    # ``settings`` is only the cache key: pyarrow reads the same variables from the environment.
+    custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if scheme(base) == "s3" and custom_endpoint and "region=" not in base and not _s3_region_known():
+        # Without a region pyarrow asks where the bucket lives, a question an S3-compatible store
+        # need not answer; such stores take any region.
         base += ("&" if "?" in base else "?") + "region=us-east-1"
     try:
         return pafs.FileSystem.from_uri(base)
