@@ -347,4 +347,4 @@ def test_docker_example_job_file_is_valid() -> None:
     data = tomllib.loads((root / "docker" / "job.toml").read_text())
     job = JobFile.model_validate(data)
     assert job.models == {"bc": "models:/bc@champion"}
-    assert job.output.path.is_absolute()
+    assert job.output.path.startswith("/")
