@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     query = run.add_mutually_exclusive_group()
     query.add_argument("--query", help="the SQL query")
     query.add_argument("--sql", type=Path, metavar="FILE", help="a file holding the SQL query")
-    run.add_argument("--output", type=Path, help="Parquet file to publish atomically")
+    run.add_argument("--output", help="Parquet file (or Spark folder) to publish atomically: a path or a URI")
     run.add_argument("--mode", choices=["overwrite", "error"], help=_help("mode"))
     run.add_argument("--null", choices=["null", "nan", "error"], help=_help("null"))
     run.add_argument("--threads", type=int, help=_help("threads"))

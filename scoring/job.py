@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from scoring import __version__
+from scoring import __version__, publish, storage
 from scoring.cache import default_threads, load_model
 from scoring.engines import check_sql_name, check_table_path
 from scoring.errors import ExitCode, JobInterrupted, ScoringError
@@ -21,7 +21,6 @@ from scoring.sandbox import check_sql, check_unique_names
 from scoring.settings import Settings
 from scoring.sql.compile import compile_query
 from scoring.sql.dialects import read_dialect
-from scoring.writer import check_target, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +32,18 @@ class JobSpec:
     models: dict[str, str]
     tables: dict[str, str]
     query: str
-    output: Path
+    output: str  # a path or URI, kept as a string: Path("hdfs://nn/x") would be hdfs:/nn/x
     dialect: str | None = None
+
+    def __post_init__(self) -> None:
+        self.output = str(self.output)
 
 
 @dataclass
 class JobResult:
     """What a finished job did."""
 
-    output: Path
+    output: str
     rows: int
     seconds: float
     models: dict[str, ModelRef]
@@ -82,15 +84,16 @@ def open_engine(settings: Settings, resolve: Callable[[str], Model]) -> Any:
     return DuckDBEngine(threads=settings.threads, resolve=resolve, sandbox=not settings.host_access)
 
 
-def manifest_path(output: Path, *, failed: bool = False) -> Path:
+def manifest_path(output: str, *, failed: bool = False) -> str:
     """Where the run manifest of a job writing ``output`` goes, beside it.
 
     ``<name>.run.json`` describes the run that published the result at ``output``;
     ``<name>.failed.run.json`` the latest run that failed (so a failure never hides the
-    record of the result still in place). A successful run removes the latter.
+    record of the result still in place). A successful run removes the latter. On an object
+    store these are objects beside the output, written in one PUT each.
     """
-    output = Path(output)
-    return output.parent / f"{output.name}.{'failed.' if failed else ''}run.json"
+    base, sep, query = str(output).rstrip("/").partition("?")
+    return f"{base}.{'failed.' if failed else ''}run.json{sep}{query}"
 
 
 def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | None = None) -> JobResult:
@@ -109,9 +112,9 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
         "scoring_version": __version__,
         "started_at": started_at,
         "engine": settings.engine,
-        "models_requested": dict(spec.models),
-        "tables": dict(spec.tables),
-        "output": str(spec.output),
+        "models_requested": {name: storage.redact(uri) for name, uri in spec.models.items()},
+        "tables": {name: storage.redact(uri) for name, uri in spec.tables.items()},
+        "output": storage.redact(spec.output),
     }
     try:
         result = _run(spec, settings, on_batch, started)
@@ -121,10 +124,12 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
         failure = JobInterrupted.pending() or (exc if isinstance(exc, ScoringError) else None)
         if failure is None:  # a bug: still on record for the scheduler, then raised as it is
             first = (str(exc).strip().splitlines() or [""])[0]
-            manifest.update(status="failed", exit_code=int(ExitCode.INTERNAL), error=f"{type(exc).__name__}: {first}")
+            manifest.update(
+                status="failed", exit_code=int(ExitCode.INTERNAL), error=storage.scrub(f"{type(exc).__name__}: {first}")
+            )
             _write_manifest(spec, manifest, started)
             raise
-        manifest.update(status="failed", exit_code=failure.exit_code, error=str(failure))
+        manifest.update(status="failed", exit_code=failure.exit_code, error=storage.scrub(str(failure)))
         _write_manifest(spec, manifest, started)
         if failure is exc:
             raise
@@ -144,24 +149,30 @@ def _write_manifest(spec: JobSpec, manifest: dict[str, Any], started: float) -> 
     manifest["seconds"] = round(time.perf_counter() - started, 3)
     manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     failed = manifest["status"] == "failed"
-    path = manifest_path(Path(spec.output), failed=failed)
+    path = manifest_path(spec.output, failed=failed)
+    if storage.is_hadoop(path):  # only the Spark session reaches it: the folder's _scoring.json records the run
+        log.info("run manifest not written beside %s (a Hadoop URI)", storage.redact(spec.output))
+        return
     try:
-        write_json_atomically(path, redact_data(manifest))
+        publish.write_json(path, redact_data(manifest))
         if not failed:
-            manifest_path(Path(spec.output), failed=True).unlink(missing_ok=True)
-    except OSError as exc:  # the manifest must never hide the job's own outcome
-        log.warning("run manifest %s not written: %s", path, exc.strerror)
+            publish.remove(manifest_path(spec.output, failed=True))
+    except (OSError, ScoringError) as exc:  # the manifest must never hide the job's own outcome
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        log.warning("run manifest %s not written: %s", storage.redact(path), storage.scrub(reason))
 
 
 def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | None, started: float) -> JobResult:
-    output = Path(spec.output)
-    check_target(output, settings.mode, folder=settings.engine == "spark")
+    output = spec.output
+    spark = settings.engine == "spark"
+    if not (spark and storage.is_remote(output)):  # Hadoop's URIs are checked through the Spark session
+        publish.check_target(output, settings.mode, folder=spark)
     for what, names in (("model", spec.models), ("table", spec.tables)):
         check_unique_names(what, names)
     for name in spec.models:
         check_sql_name(name, "model")
     for name, path in spec.tables.items():
-        check_table_path(name, path)
+        check_table_path(name, path, hadoop=spark)
     source = read_dialect(spec.dialect or settings.dialect or settings.engine)  # a typo fails before any registry call
     if not settings.host_access:
         check_sql(spec.query, source, strict=False)  # before any engine sees the text (scoring.sandbox)
@@ -212,7 +223,7 @@ def run_metadata(spec: JobSpec, refs: dict[str, ModelRef], engine: str, dialect:
             "engine": engine,
             "dialect": dialect,
             "models": {name: ref.describe() for name, ref in refs.items()},
-            "tables": dict(spec.tables),
+            "tables": {name: storage.redact(uri) for name, uri in spec.tables.items()},
             "query": spec.query,
             "compiled_sql": sql,
         }

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from scoring.errors import ConfigError, InputDataError, ModelNotFoundError, did_you_mean
+from scoring.errors import (
+    AuthenticationError,
+    ConfigError,
+    InputDataError,
+    ModelNotFoundError,
+    ScoringError,
+    did_you_mean,
+)
 from scoring.model import Model
 
 _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -25,12 +32,31 @@ def check_sql_name(name: str, what: str) -> str:
     return name
 
 
-def check_table_path(name: str, path: str) -> None:
-    """Fail before any engine starts if the Parquet source of table ``name`` is missing."""
+def check_table_path(name: str, path: str, *, hadoop: bool = False) -> None:
+    """Fail before any engine starts if the Parquet source of table ``name`` is missing on its store.
+
+    Args:
+        hadoop: The Spark engine reads ``path``: a remote URI is Hadoop's to check, with
+            Hadoop's own credentials; only local paths are checked here.
+    """
+    from scoring import storage
+
     check_sql_name(name, "table")
-    if not any(ch in path for ch in "*?[") and not Path(path).exists():
-        raise InputDataError(f"table '{name}': no Parquet file or folder at '{path}'")
-    _check_no_empty_file(name, Path(path))
+    if storage.has_glob(path) or (hadoop and storage.is_remote(path)):
+        return
+    location = storage.locate(path)
+    try:
+        found = location.exists()
+    except InputDataError:
+        raise
+    except ScoringError as exc:
+        if isinstance(exc, AuthenticationError):
+            raise AuthenticationError(f"table '{name}': {exc}") from None
+        raise InputDataError(f"table '{name}': {exc}") from None
+    if not found:
+        raise InputDataError(f"table '{name}': no Parquet file or folder at '{location.display}'")
+    if location.local:
+        _check_no_empty_file(name, Path(location.path))
 
 
 def _check_no_empty_file(name: str, source: Path) -> None:
@@ -99,7 +125,7 @@ class Engine(Protocol):
     def publish(
         self,
         sql: str,
-        output: Path,
+        output: str,
         metadata: dict[str, Any],
         settings: Any,
         on_batch: Callable[[int], None] | None = None,
