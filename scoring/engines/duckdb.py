@@ -189,6 +189,28 @@ class DuckDBEngine(ModelCatalog):
         except duckdb.Error as exc:
             raise _query_error(exc) from None
 
+    def run_statement(self, sql: str) -> None:
+        """Run a script statement that creates a temp view or table (the SQL front built it)."""
+        self._udf_error = None
+        try:
+            self.con.execute(sql)
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
+
+    def columns(self, sql: str) -> list[str]:
+        """Column names of a query as it returns them (repeats kept), without running it."""
+        try:
+            return list(self.con.sql(sql).columns)
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
+
+    def first_rows(self, sql: str, limit: int) -> list[tuple[Any, ...]]:
+        """At most ``limit`` rows of a small query, such as a model-table subquery."""
+        try:
+            return self.con.sql(sql).limit(limit).fetchall()
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
+
     # -- execution -----------------------------------------------------------------------------
 
     def execute(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:

@@ -243,6 +243,23 @@ class SparkEngine(ModelCatalog):
         except Exception as exc:
             raise _query_error(exc) from None
 
+    def run_statement(self, sql: str) -> None:
+        """Run a script statement that creates a temp view or cached table (the SQL front built it)."""
+        self.dataframe(sql)
+
+    def columns(self, sql: str) -> list[str]:
+        """Column names of a query as it returns them (repeats kept), from the analyzer."""
+        return list(self.dataframe(sql).columns)
+
+    def first_rows(self, sql: str, limit: int) -> list[tuple[Any, ...]]:
+        """At most ``limit`` rows of a small query, such as a model-table subquery."""
+        try:
+            return [tuple(row) for row in self.dataframe(sql).limit(limit).collect()]
+        except ScoringError:
+            raise
+        except Exception as exc:
+            raise _query_error(exc) from None
+
     def dataframe(self, sql: str) -> Any:
         """The DataFrame of a compiled query (analysis errors raised as typed errors)."""
         try:
