@@ -53,13 +53,18 @@ def _help(field: str) -> str:
 
 _RUN_EXAMPLES = """\
 examples:
-  scoring run --model bc=models:/bc@champion --table patients=data/patients.parquet \\
-    --query "SELECT patient_id, bc(mean_radius, mean_texture) AS s FROM patients" --output out/scored.parquet
-  scoring run --dialect tsql --model bc=models:/bc/1 --table patients=data/patients.parquet \\
+  # what `make run` does: a T-SQL PREDICT query from a file
+  scoring run --dialect tsql --model bc=models:/bc@champion --table patients=data/patients.parquet \\
     --sql sql/examples/breast_cancer.sql --output out/scored.parquet
-  scoring run --engine spark --dialect bigquery --model bc=models:/bc/1 --table patients=data/patients/ \\
+  # BigQuery's form, on Spark (the output is then a folder)
+  scoring run --engine spark --dialect bigquery --model bc=models:/bc/1 --table patients=data/patients.parquet \\
     --query "SELECT * FROM ML.PREDICT(MODEL bc, TABLE patients)" --output out/scored/
-  scoring run --job job.toml --model bc=models:/bc/2     # a flag wins over the job file
+  # a plain call: arguments by position
+  scoring run --model churn=models:/churn/1 --table customers=data/customers.parquet \\
+    --query "SELECT customer_id, churn(plan, region, tenure, monthly_spend).label AS churned FROM customers" \\
+    --output out/churn.parquet
+  # a job file, with a flag over it
+  scoring run --job job.toml --model bc=models:/bc/2
 
 'scoring models inspect URI' prints a model's columns and a ready query for each SQL form.
 """
