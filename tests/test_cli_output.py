@@ -108,3 +108,40 @@ def test_a_job_logs_one_line_per_model(registry, tmp_path):
     lines = [m for m in collect.messages if "models:/gb" in m]
     assert len(lines) == 1, lines
     assert "models:/gb@champion pinned to models:/gb/1" in lines[0] and "sha256" in lines[0]
+
+
+def test_unnamed_matrix_input_in_ml_predict_names_the_bound_model_and_the_ways_out(tmp_path, capsys, monkeypatch):
+    """A local .onnx with one [N, F] input and no signature: its columns are features_0 ..."""
+    import onnx
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests import models as M
+
+    monkeypatch.setenv("SCORING_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SCORING_LOG_FORMAT", raising=False)
+    model = tmp_path / "bc_v1.onnx"
+    onnx.save(M.gradient_boosting(rows=60).onnx, model)
+    table = tmp_path / "patients.parquet"
+    pq.write_table(pa.table({"mean_radius": [1.0], "mean_texture": [2.0]}), table)
+    code = main(
+        [
+            "run",
+            "--dialect",
+            "bigquery",
+            "--model",
+            f"bc={model}",
+            "--table",
+            f"patients={table}",
+            "--query",
+            "SELECT * FROM ML.PREDICT(MODEL bc, TABLE patients)",
+            "--output",
+            str(tmp_path / "out.parquet"),
+        ]
+    )
+    assert code == ExitCode.SCHEMA_MISMATCH
+    line = _last_line(capsys.readouterr().err)
+    assert line.startswith("scoring: error: model 'bc' needs column 'features_0'"), line
+    assert "bc_v1" not in line
+    assert "no MLflow signature names its columns" in line and "features_0 ... features_5" in line
+    assert "call bc(col, ...) in a plain query, which binds columns by position" in line

@@ -150,8 +150,8 @@ def _declared_value(model: Model, column: exp.ColumnDef) -> exp.Expr:
     return exp.cast(value, kind.copy())
 
 
-def _call(fn: str, model: Model, alias: str, schema: pa.Schema, table: str) -> exp.Expr:
-    columns = model.bind(schema, table)
+def _call(fn: str, model: Model, alias: str, schema: pa.Schema, table: str, name: str) -> exp.Expr:
+    columns = model.bind(schema, table, name=name)  # the model as the query names it
     arguments = []
     for arg, column in zip(model.arguments, columns, strict=True):
         ref: exp.Expr = exp.column(column, table=alias, quoted=True)
@@ -177,7 +177,7 @@ def _expand_tsql(node: PredictTable, catalog: Catalog) -> exp.Expr:
     )
     inner = exp.select(
         exp.alias_(packed, d, quoted=True),
-        exp.alias_(_call(fn, model, d, schema, table_name), OUT, quoted=True),
+        exp.alias_(_call(fn, model, d, schema, table_name, _model_of(node)), OUT, quoted=True),
     ).from_(exp.alias_(data, d, table=True, quoted=True))
     columns = node.args.get("columns") or [exp.ColumnDef(this=exp.to_identifier(o.name)) for o in model.outputs]
     outputs = exp.Struct(
@@ -207,7 +207,7 @@ def _expand_bigquery(node: PredictTable, catalog: Catalog) -> exp.Expr:
     table_name = data.name if isinstance(data, exp.Table) else "(query)"
     inner = exp.select(
         exp.Column(this=exp.Star(), table=exp.to_identifier(alias)),
-        exp.alias_(_call(fn, model, alias, schema, table_name), OUT, quoted=True),
+        exp.alias_(_call(fn, model, alias, schema, table_name, _model_of(node)), OUT, quoted=True),
     ).from_(exp.alias_(data, alias, table=True, quoted=True))
     selected: list[exp.Expr] = [exp.column(c, table=INNER, quoted=True) for c in schema.names]
     selected += [exp.alias_(_output_value(model, o.name), _predicted_name(o.name), quoted=True) for o in model.outputs]
