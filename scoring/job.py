@@ -193,9 +193,7 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
         return load_model(registry.resolve(uri), ort_threads, settings.null)
 
     models = {name: resolve(uri) for name, uri in spec.models.items()}
-    refs = {name: models[name].ref for name in spec.models}
-    for name, ref in refs.items():
-        log.info("model %s = %s -> %s (sha256 %s)", name, ref.uri, ref.pinned_uri, ref.sha256[:12])
+    refs = {name: models[name].ref for name in spec.models}  # the registry has logged each pin, once
 
     engine = open_engine(settings, resolve)
     try:

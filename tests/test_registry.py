@@ -86,7 +86,7 @@ def test_inspect_shows_binding_and_types(registry, capsys, monkeypatch, tmp_path
     assert main(["models", "inspect", "models:/gb@champion", "--tracking-uri", registry.tracking_uri]) == 0
     text = capsys.readouterr().out
     assert "models:/gb/1" in text
-    assert "features: tensor(float) ['N', 6]" in text
+    assert "ONNX input 'features' tensor(float) [N, 6]" in text
     assert "1. f0 (float)" in text and "6. f5 (float)" in text
     assert 'STRUCT("label" BIGINT, "probability" FLOAT[])' in text
     assert main(["models", "inspect", "models:/churn/1", "--json", "--tracking-uri", registry.tracking_uri]) == 0
