@@ -43,8 +43,9 @@ class JobResult:
     rows: int
     seconds: float
     models: dict[str, ModelRef]
-    rows_scored: dict[str, int] = field(default_factory=dict)
+    rows_scored: dict[str, int | None] = field(default_factory=dict)  # None: not counted (Spark Connect)
     sql: str = ""
+    engine_details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
@@ -73,6 +74,8 @@ def open_engine(settings: Settings, resolve: Callable[[str], Model]) -> Any:
             resolve=resolve,
             null=settings.null,
             jvm_log=Path(settings.home) / "logs" / "spark.log",
+            remote=settings.spark_remote,
+            udf=settings.spark_udf,
         )
     from scoring.engines.duckdb import DuckDBEngine
 
@@ -132,6 +135,7 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
         rows=result.rows,
         rows_scored=result.rows_scored,
         models={name: ref.describe() for name, ref in result.models.items()},
+        **result.engine_details,
     )
     _write_manifest(spec, manifest, started)
     return result
@@ -158,6 +162,10 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
     for name, path in spec.tables.items():
         check_table_path(name, path)
     read_dialect(spec.dialect or settings.dialect or settings.engine)  # a typo fails before any registry call
+    if settings.engine == "spark":  # a missing pyspark fails before any registry call too
+        from scoring.engines.spark_udfs import require_pyspark
+
+        require_pyspark()
 
     registry = registry_for(settings)
     engine_threads = settings.threads or default_threads()
@@ -188,10 +196,11 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
         # Bound names as given; a URI named inside the query under that URI (as in `refs`).
         names = {**{name: name for name in models}, **engine.uri_functions}
         scored = {names[fn]: count for fn, count in engine.rows_scored().items() if fn in names}
+        details = engine.details()
     finally:
         engine.close()
     seconds = time.perf_counter() - started
-    return JobResult(output, rows, seconds, refs, scored, sql)
+    return JobResult(output, rows, seconds, refs, scored, sql, details)
 
 
 def run_metadata(spec: JobSpec, refs: dict[str, ModelRef], engine: str, dialect: str, sql: str) -> dict[str, Any]:

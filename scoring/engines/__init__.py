@@ -42,6 +42,10 @@ class ModelCatalog:
     def register_model(self, name: str, model: Model) -> None:
         raise NotImplementedError
 
+    def details(self) -> dict[str, Any]:
+        """Engine facts the run manifest records (the Spark UDF kind, ...); none by default."""
+        return {}
+
     def function(self, model: str) -> tuple[str, Model]:
         """SQL function for a bound model name or a registry URI (registered on first use)."""
         for bound, loaded in self.models.items():
@@ -92,8 +96,12 @@ class Engine(Protocol):
         """Run ``sql`` and publish its result atomically at ``output``; return the row count."""
         ...
 
-    def rows_scored(self) -> dict[str, int]:
-        """Rows each registered model has scored."""
+    def rows_scored(self) -> dict[str, int | None]:
+        """Rows each registered model has scored (None: the engine cannot count them)."""
+        ...
+
+    def details(self) -> dict[str, Any]:
+        """Engine facts the run manifest records."""
         ...
 
     def close(self) -> None:
