@@ -352,9 +352,11 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None =
         _emit(json.dumps(summary))
     else:
         for name, info in models.items():
-            _emit(
-                f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, {info['rows_scored']:,} rows scored"
+            # None: the engine cannot count them (Spark Connect has no accumulators).
+            scored = (
+                "rows scored not counted" if info["rows_scored"] is None else f"{info['rows_scored']:,} rows scored"
             )
+            _emit(f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, {scored}")
         _emit(
             f"wrote {result.rows:,} rows to {result.output} in {result.seconds:.2f} s "
             f"({result.rows_per_second:,.0f} rows/s)"

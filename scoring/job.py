@@ -51,8 +51,9 @@ class JobResult:
     rows: int
     seconds: float
     models: dict[str, ModelRef]
-    rows_scored: dict[str, int] = field(default_factory=dict)
+    rows_scored: dict[str, int | None] = field(default_factory=dict)  # None: not counted (Spark Connect)
     sql: str = ""
+    engine_details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
@@ -82,6 +83,8 @@ def open_engine(settings: Settings, resolve: Callable[[str], Model]) -> Any:
             resolve=resolve,
             null=settings.null,
             jvm_log=Path(settings.home) / "logs" / "spark.log",
+            remote=settings.spark_remote,
+            udf=settings.spark_udf,
         )
     from scoring.engines.duckdb import DuckDBEngine
 
@@ -144,6 +147,7 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
         rows=result.rows,
         rows_scored=result.rows_scored,
         models={name: ref.describe() for name, ref in result.models.items()},
+        **result.engine_details,
     )
     _write_manifest(spec, manifest, started)
     return result
@@ -183,6 +187,10 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
     if not settings.host_access:
         check_sql(spec.query, source, strict=False)  # before any engine sees the text (scoring.sandbox)
     steps = scripts.plan(spec.query, dialect)  # a refused statement fails before anything runs
+    if settings.engine == "spark":  # a missing pyspark fails before any registry call too
+        from scoring.engines.spark_udfs import require_pyspark
+
+        require_pyspark()
 
     registry = registry_for(settings)
     engine_threads = settings.threads or default_threads()
@@ -221,10 +229,11 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
         # Bound names as given; a model named inside the query as written there (as in `refs`).
         fn_names = {**{name: name for name in models}, **engine.uri_functions}
         scored = {fn_names[fn]: count for fn, count in engine.rows_scored().items() if fn in fn_names}
+        details = engine.details()
     finally:
         engine.close()
     seconds = time.perf_counter() - started
-    return JobResult(output, rows, seconds, refs, scored, sql)
+    return JobResult(output, rows, seconds, refs, scored, sql, details)
 
 
 def _model_of_reference(

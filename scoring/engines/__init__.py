@@ -86,6 +86,10 @@ class ModelCatalog:
     def register_model(self, name: str, model: Model) -> None:
         raise NotImplementedError
 
+    def details(self) -> dict[str, Any]:
+        """Engine facts the run manifest records (the Spark UDF kind, ...); none by default."""
+        return {}
+
 
 class Engine(Protocol):
     """What the job needs from an engine."""
@@ -130,8 +134,12 @@ class Engine(Protocol):
         """Run ``sql`` and publish its result atomically at ``output``; return the row count."""
         ...
 
-    def rows_scored(self) -> dict[str, int]:
-        """Rows each registered model has scored."""
+    def rows_scored(self) -> dict[str, int | None]:
+        """Rows each registered model has scored (None: the engine cannot count them)."""
+        ...
+
+    def details(self) -> dict[str, Any]:
+        """Engine facts the run manifest records."""
         ...
 
     def close(self) -> None:
