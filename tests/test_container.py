@@ -17,7 +17,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from scoring.jobfile import tomllib  # tomllib, or tomli on Python 3.10
 from scoring.writer import read_metadata
 from tests.conftest import free_port
 
