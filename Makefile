@@ -69,6 +69,6 @@ PODMAN_DIR ?= $(CURDIR)/.scoring/podman
 image-test: setup
 	IMAGE_TEST_DIR=$(PODMAN_DIR) docker/podman-setup.sh
 	@started=$$(date +%s); . $(PODMAN_DIR)/env; \
-	IMAGE_TEST=required $(BIN)/pytest -q --timeout=2400 tests/test_image.py; rc=$$?; \
+	IMAGE_TEST=required $(BIN)/pytest -q --timeout=2400 --durations=0 tests/test_image.py; rc=$$?; \
 	cat $(PODMAN_DIR)/image-figures.txt 2>/dev/null; \
 	echo "image-test: pytest $$(( $$(date +%s) - started )) s"; exit $$rc

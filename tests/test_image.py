@@ -302,7 +302,8 @@ def test_read_only_cache_is_a_documented_error(images: dict[str, str], example: 
     assert done.returncode not in (ExitCode.OK, ExitCode.INTERNAL), done.stderr[-2000:]
     assert lines and ("/opt/cache" in lines[-1] or "SCORING_CACHE_DIR" in lines[-1]), done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert not list(out.iterdir())
+    assert done.returncode == ExitCode.CONFIG, done.stderr[-2000:]  # README "Exit codes": 3, with the fix
+    assert sorted(path.name for path in out.iterdir()) == ["scored.parquet.failed.run.json"]
 
 
 def test_example_job_against_mlflow_server(images: dict[str, str], example: Example, registry, mlflow_server) -> None:
