@@ -218,6 +218,49 @@ def test_duckdb_sql_cannot_read_the_host(cli, hostile):
     assert out.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY (SELECT 42 AS x) TO '{tmp}/copied.csv'",
+        "ATTACH '{tmp}/attached.db' AS other",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "EXPORT DATABASE '{tmp}/exported'",
+        "SET enable_external_access = true",
+        "SET threads = 1",
+        "RESET lock_configuration",
+    ],
+)
+def test_a_job_engine_refuses_host_statements_itself(statement, tmp_path):
+    """The engine half, whatever the SQL front lets through: a job's DuckDB connection is sealed."""
+    import duckdb
+
+    from scoring.engines.duckdb import DuckDBEngine
+
+    engine = DuckDBEngine()
+    try:
+        with pytest.raises(duckdb.Error):
+            engine.con.execute(statement.format(tmp=tmp_path))
+        assert engine.con.execute("SELECT current_setting('enable_external_access')").fetchall() == [(False,)]
+    finally:
+        engine.close()
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "statement", ["COPY t TO '{tmp}/copied.csv'", "ATTACH '{tmp}/attached.db' AS other", "SET threads = 1"]
+)
+def test_host_statements_in_a_job_publish_nothing(cli, statement, tmp_path):
+    code, err, out = cli()
+    assert code == ExitCode.OK, err
+    before = out.read_bytes()
+    code, err, _ = cli(query=statement.format(tmp=tmp_path), dialect="duckdb")
+    assert code == ExitCode.QUERY, err
+    error_line(err)
+    assert out.read_bytes() == before
+    assert not (tmp_path / "copied.csv").exists() and not (tmp_path / "attached.db").exists()
+
+
 def test_host_access_opt_in_lets_trusted_sql_read_files(cli, monkeypatch, tmp_path):
     note = tmp_path / "note.txt"
     note.write_text("trusted")

@@ -94,6 +94,10 @@ class DuckDBEngine(ModelCatalog):
         self._udf_error: ScoringError | None = None
         self._counters: dict[str, ScoringStats] = {}
         self._sealed = False
+        # Sealed before any table, model or query arrives: tables are Arrow datasets (pyarrow
+        # reads the files) and models Python functions, neither of which needs DuckDB's own
+        # file access, so no statement of the job ever runs unsealed.
+        self.seal()
 
     # -- registration -------------------------------------------------------------------------
 
@@ -149,8 +153,8 @@ class DuckDBEngine(ModelCatalog):
         """Expose Parquet at ``path`` (a file, a folder of files, or a glob) as table ``name``.
 
         The table is a pyarrow dataset, which DuckDB scans with projection and filter pushdown:
-        pyarrow opens the files, so the query needs no file access of its own and the engine's
-        sandbox (:meth:`seal`) can switch DuckDB's off.
+        pyarrow opens the files, so the scan needs no file access of DuckDB's own, which the
+        engine's sandbox (:meth:`seal`) has switched off.
         """
         import pyarrow.dataset as ds
 
@@ -192,7 +196,7 @@ class DuckDBEngine(ModelCatalog):
             if isinstance(relation, exp.Subquery)
             else exp.select("*").from_(relation).sql(dialect=read_dialect("duckdb"))
         )
-        self.seal()  # the first query text of the job's own, in a subquery, runs here
+        self.seal()  # idempotent; sealed at construction already
         try:
             return self.con.sql(sql).limit(0).to_arrow_table().schema
         except duckdb.Error as exc:
