@@ -66,7 +66,7 @@ class OutputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path
+    path: str  # a path or a URI: Path() would fold s3:// and hdfs:// into s3:/ and hdfs:/
     compression: str | None = None
     mode: WriteMode | None = None
     partition_by: list[str] | None = None
@@ -93,7 +93,7 @@ class _OutputOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path | None = None
+    path: str | None = None
     compression: str | None = None
     mode: WriteMode | None = None
     partition_by: list[str] | None = None

@@ -174,8 +174,14 @@ class Model:
             )
         return found
 
-    def bind(self, schema: pa.Schema, table: str) -> list[str]:
+    def bind(self, schema: pa.Schema, table: str, name: str | None = None) -> list[str]:
         """Pick the table columns that feed the model's arguments, by name.
+
+        Args:
+            schema: The table's columns.
+            table: The table's name, for messages.
+            name: What the query calls the model (its bound name), for messages; default: the
+                registered name (a local file's stem).
 
         Returns:
             The column names in argument order (as spelled in the table).
@@ -183,19 +189,36 @@ class Model:
         Raises:
             SchemaMismatchError: a column is missing or has a type that cannot feed its input.
         """
+        label = name or self.name
         by_lower = {f.name.lower(): f for f in schema}
         bound = []
         for arg in self.arguments:
             col = by_lower.get(arg.name.lower())
             if col is None:
                 raise SchemaMismatchError(
-                    f"model '{self.name}' needs column '{arg.name}' "
+                    f"model '{label}' needs column '{arg.name}' "
                     f"({types.onnx_element(arg.onnx_type)}) but table '{table}' has no such column"
                     + did_you_mean(arg.name, schema.names)
+                    + self._unnamed_columns(label)
                 )
             self.check_argument(arg, col.type, f"column '{col.name}' of table '{table}'")
             bound.append(col.name)
         return bound
+
+    def _unnamed_columns(self, label: str) -> str:
+        """For one [N, F] input whose columns no signature names: why the names look generated,
+        and the two ways out."""
+        if not self.matrix:
+            return ""
+        tensor = self.inputs[0]
+        generated = [f"{tensor.name}_{j}" for j in range(len(self.arguments))]
+        if [a.name for a in self.arguments] != generated:
+            return ""
+        return (
+            f". Its one input '{tensor.name}' is [N, {len(generated)}] and no MLflow signature names its columns, "
+            f"so PREDICT and ML.PREDICT look for {generated[0]} ... {generated[-1]}: log the model with a signature "
+            f"that names them, or call {label}(col, ...) in a plain query, which binds columns by position"
+        )
 
     def check_argument(self, arg: Argument, found: pa.DataType, what: str) -> None:
         """Raise if a value of Arrow type ``found`` cannot feed ``arg``."""

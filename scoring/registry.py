@@ -290,17 +290,29 @@ class Registry:
         name = Path(path.rstrip("/")).name
         pinned = f"runs:/{run_id}/{path}"
         try:
-            return self._download(uri, uri, name, None, pinned, key=None)
+            # The run's own artifact location, not `runs:/`: MLflow 2 resolves that scheme against
+            # the process-wide tracking URI, which in an embedding program is not the registry's.
+            _require_database(self.tracking_uri)
+            run = self._call(
+                f"run '{run_id}'",
+                self.client.get_run,
+                run_id,
+                missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}",
+            )
+            location = f"{str(run.info.artifact_uri).rstrip('/')}/{path.strip('/')}"
+            return self._download(uri, location, name, None, pinned, key=None)
         except ModelNotFoundError:
             # MLflow 3 logs a model as a LoggedModel of the run, not as run artifacts, and its own
             # fallback looks it up in the process-wide tracking URI: look it up here instead.
-            location = self._logged_model_location(run_id, path.rstrip("/"))
-            if location is None:
+            logged = self._logged_model_location(run_id, path.rstrip("/"))
+            if logged is None:
                 raise
-            return self._download(uri, location, name, None, pinned, key=None)
+            return self._download(uri, logged, name, None, pinned, key=None)
 
     def _logged_model_location(self, run_id: str, name: str) -> str | None:
         """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
+        if not hasattr(self.client, "search_logged_models"):
+            return None  # MLflow 2 logs a model as artifacts of its run, which the caller tried first
         _require_database(self.tracking_uri)
         run = self._call(
             f"run '{run_id}'",
@@ -356,6 +368,12 @@ class Registry:
     ) -> ModelRef:
         import mlflow.artifacts
 
+        if artifact_uri.startswith("mlflow-artifacts:"):
+            # A server's proxied artifact store. MLflow 2 resolves this scheme against the
+            # process-wide tracking URI, not the one passed in: resolve it against ours here.
+            from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+            artifact_uri = MlflowArtifactsRepository.resolve_uri(artifact_uri, self.tracking_uri)
         make_folder(self.cache_dir)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as tmp:
             local = self._call(

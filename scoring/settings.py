@@ -73,6 +73,16 @@ class Settings(BaseSettings):
     model_max_bytes: int = Field(
         4 << 30, ge=1, description="Largest model file (ONNX plus external data) accepted, in bytes."
     )
+    spark_remote: str | None = Field(
+        None,
+        description="Spark Connect URL (sc://host:port) for --engine spark: run on that server instead of "
+        "starting Spark; rows scored are not counted there.",
+    )
+    spark_udf: Literal["auto", "arrow", "pandas"] = Field(
+        "auto",
+        description="Spark UDF kind of the models: 'auto' (Arrow UDF where pyspark has arrow_udf, 4.1+; "
+        "else iterator pandas UDF), 'arrow' or 'pandas'.",
+    )
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON.")
     debug: bool = Field(False, description="Show tracebacks on errors.")
 

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import glob
 import inspect
 import logging
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from scoring import types
+from scoring import storage, types
 from scoring.engines import ModelCatalog, check_sql_name, check_table_path
 from scoring.errors import InputDataError, QueryError, QueryRefusedError, SchemaMismatchError, ScoringError
 from scoring.model import Model, ScoringStats
+from scoring.publish import write_parquet
 from scoring.sql.dialects import read_dialect
-from scoring.writer import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +92,7 @@ class DuckDBEngine(ModelCatalog):
         self._udf_error: ScoringError | None = None
         self._counters: dict[str, ScoringStats] = {}
         self._sealed = False
+        self.tables: dict[str, Any] = {}
         # Sealed before any table, model or query arrives: tables are Arrow datasets (pyarrow
         # reads the files) and models Python functions, neither of which needs DuckDB's own
         # file access, so no statement of the job ever runs unsealed.
@@ -150,29 +149,22 @@ class DuckDBEngine(ModelCatalog):
         return bool(rows)
 
     def register_table(self, name: str, path: str) -> None:
-        """Expose Parquet at ``path`` (a file, a folder of files, or a glob) as table ``name``.
+        """Expose Parquet at ``path`` (a file, a folder of files, or a glob; local or on an object
+        store) as table ``name``.
 
-        The table is a pyarrow dataset, which DuckDB scans with projection and filter pushdown:
-        pyarrow opens the files, so the scan needs no file access of DuckDB's own, which the
-        engine's sandbox (:meth:`seal`) has switched off.
+        The table is a pyarrow dataset registered on the connection: DuckDB pushes the columns
+        and filters of a query down into its scan, the files are read through pyarrow's
+        filesystems (S3, GCS, Azure without DuckDB's httpfs extension), and the scan needs no
+        file access of DuckDB's own, so it still works with ``enable_external_access = false``
+        (the engine's sandbox, :meth:`seal`).
         """
-        import pyarrow.dataset as ds
-
         check_table_path(name, path)
-        source = Path(path)
         try:
-            if source.is_dir():
-                dataset = ds.dataset(source, format="parquet", partitioning="hive")
-            elif any(ch in path for ch in "*?["):
-                files = sorted(glob.glob(path, recursive=True))
-                if not files:
-                    raise InputDataError(f"table '{name}': no Parquet file matches '{path}'")
-                dataset = ds.dataset(files, format="parquet")
-            else:
-                dataset = ds.dataset(source, format="parquet")
-            self.con.register(name, dataset)
-        except (OSError, pa.ArrowException, duckdb.Error) as exc:
-            raise InputDataError(f"table '{name}': cannot read Parquet at '{path}': {_first_line(exc)}") from None
+            dataset = storage.open_dataset(path)
+        except ScoringError as exc:
+            raise type(exc)(f"table '{name}': {exc}") from None
+        self.tables[name] = dataset  # the connection holds a reference only while this one lives
+        self.con.register(name, dataset)
 
     def seal(self) -> None:
         """Confine the job's SQL to its bound tables and models (engine-owned connections only).
@@ -202,6 +194,28 @@ class DuckDBEngine(ModelCatalog):
         except duckdb.Error as exc:
             raise _query_error(exc) from None
 
+    def run_statement(self, sql: str) -> None:
+        """Run a script statement that creates a temp view or table (the SQL front built it)."""
+        self._udf_error = None
+        try:
+            self.con.execute(sql)
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
+
+    def columns(self, sql: str) -> list[str]:
+        """Column names of a query as it returns them (repeats kept), without running it."""
+        try:
+            return list(self.con.sql(sql).columns)
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
+
+    def first_rows(self, sql: str, limit: int) -> list[tuple[Any, ...]]:
+        """At most ``limit`` rows of a small query, such as a model-table subquery."""
+        try:
+            return self.con.sql(sql).limit(limit).fetchall()
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
+
     # -- execution -----------------------------------------------------------------------------
 
     def execute(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:
@@ -216,7 +230,7 @@ class DuckDBEngine(ModelCatalog):
     def publish(
         self,
         sql: str,
-        output: Path,
+        output: str,
         metadata: dict[str, Any],
         settings: Any,
         on_batch: Callable[[int], None] | None = None,
