@@ -318,7 +318,9 @@ def test_a_float64_beyond_float32_is_an_input_error(cli, registry, tmp_path):
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), table)
     code, err, out = cli("--log-format", "json", tables=(f"t={table}",))
     assert code == ExitCode.INPUT_DATA, err
-    assert re.search(r"input 'f2' is float32, but received 1e\+39, outside its range", error_line(err))
+    records = [json.loads(line) for line in err.splitlines()]  # no raw library line among them
+    assert records[-1]["exit_code"] == ExitCode.INPUT_DATA
+    assert re.search(r"input 'f2' is float32, but received 1e\+39, outside its range", records[-1]["message"])
     assert "RuntimeWarning" not in err and "overflow" not in err.lower()
     assert not out.exists()
 
