@@ -204,9 +204,20 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
         fn_names = {**{name: name for name in models}, **engine.uri_functions}
         scored = {fn_names[fn]: count for fn, count in engine.rows_scored().items() if fn in fn_names}
     finally:
+        _drop_created(engine, names)
         engine.close()
     seconds = time.perf_counter() - started
     return JobResult(output, rows, seconds, refs, scored, sql)
+
+
+def _drop_created(engine: Any, names: Names) -> None:
+    """Views and temp tables of the script: gone once the job ends (an embedding session stays)."""
+    for key, name in names.created.items():
+        kind = "table" if name.startswith("__scoring_tmp_") else "view"
+        try:
+            engine.run_statement(scripts.drop_sql(name, engine.dialect, kind))
+        except ScoringError as exc:  # never hide the job's own outcome
+            log.warning("could not drop %s of the script: %s", ".".join(key), exc)
 
 
 def _model_of_reference(

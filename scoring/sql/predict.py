@@ -122,7 +122,9 @@ def expand_tsql(node: PredictTable, fn: str, model: Model, schema: Schema, read:
     declared = node.args.get("columns") or [exp.ColumnDef(this=exp.to_identifier(o.name)) for o in model.outputs]
     outputs = exp.Struct(
         expressions=[
-            exp.PropertyEQ(this=exp.to_identifier(c.name, quoted=True), expression=_declared_value(model, c, read, write))
+            exp.PropertyEQ(
+                this=exp.to_identifier(c.name, quoted=True), expression=_declared_value(model, c, read, write)
+            )
             for c in declared
         ]
     )
@@ -217,7 +219,9 @@ def expand(tree: Node, lookup: Lookup, schema: Callable[[Node, Node], pa.Schema]
             holder = node.parent if isinstance(node.parent, exp.Table) else None
             if holder is not None:
                 alias = holder.args.get("alias")
-                replacement.set("alias", alias.copy() if alias is not None else exp.TableAlias(this=exp.to_identifier("ml_predict")))
+                replacement.set(
+                    "alias", alias.copy() if alias is not None else exp.TableAlias(this=exp.to_identifier("ml_predict"))
+                )
                 holder.replace(replacement)
             else:
                 node.replace(replacement)

@@ -81,7 +81,11 @@ def of_name(text: str, bound: dict[str, Any]) -> Reference:
         return Reference("uri", text, text)
     match = _FABRIC.match(text)
     if match:
-        uri = f"models:/{match['name']}/{match['version']}" if match["version"] else f"models:/{match['name']}@{match['alias']}"
+        uri = (
+            f"models:/{match['name']}/{match['version']}"
+            if match["version"]
+            else f"models:/{match['name']}@{match['alias']}"
+        )
         return Reference("uri", uri, text)
     raise _not_bound(text, bound)
 
