@@ -235,7 +235,7 @@ def _model_of_reference(
     try:
         return load_model(pinned, threads, settings.null)
     except ModelLoadError as exc:
-        raise ModelLoadError(f"model table '{ref.table}' ({ref.written}): {exc}") from None
+        raise ModelLoadError(f"model table '{ref.table}' {ref.written}: {exc}") from None
 
 
 def compile_script(
@@ -254,7 +254,7 @@ def compile_script(
     """
     for step in steps:
         tree = step.tree
-        for ref in sqlc.prepare(tree, catalog, step.variables, write):
+        for ref in sqlc.prepare(tree, catalog, step.variables, write, read):
             if ref.kind != "bound" and ref.key not in catalog.functions:
                 catalog.functions[ref.key] = resolve_reference(ref)
         tree = sqlc.rewrite(tree, catalog, read, write)
