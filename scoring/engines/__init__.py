@@ -11,7 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from scoring.errors import ConfigError, InputDataError
+from scoring.errors import (
+    AuthenticationError,
+    ConfigError,
+    InputDataError,
+    ScoringError,
+)
 from scoring.model import Model
 
 _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -24,15 +29,48 @@ def check_sql_name(name: str, what: str) -> str:
     return name
 
 
-def check_table_path(name: str, path: str) -> None:
-    """Fail before any engine starts if the Parquet source of table ``name`` is missing.
+def check_table_path(name: str, path: str, *, hadoop: bool = False) -> None:
+    """Fail before any engine starts if the Parquet source of table ``name`` is missing on its store.
+
+    Args:
+        hadoop: The Spark engine reads ``path``: a remote URI is Hadoop's to check, with
+            Hadoop's own credentials; only local paths are checked here.
 
     ``name`` may be qualified (``dbo.mytable``): dotted plain identifiers.
     """
-    for part in name.split("."):
+    from scoring import storage
+
+    for part in name.split("."):  # a bound name may be qualified (`dbo.mytable`): dotted identifiers
         check_sql_name(part, "table")
-    if not any(ch in path for ch in "*?[") and not Path(path).exists():
-        raise InputDataError(f"table '{name}': no Parquet file or folder at '{path}'")
+    if storage.has_glob(path) or (hadoop and storage.is_remote(path)):
+        return
+    location = storage.locate(path)
+    try:
+        found = location.exists()
+    except InputDataError:
+        raise
+    except ScoringError as exc:
+        if isinstance(exc, AuthenticationError):
+            raise AuthenticationError(f"table '{name}': {exc}") from None
+        raise InputDataError(f"table '{name}': {exc}") from None
+    if not found:
+        raise InputDataError(f"table '{name}': no Parquet file or folder at '{location.display}'")
+    if location.local:
+        _check_no_empty_file(name, Path(location.path))
+
+
+def _check_no_empty_file(name: str, source: Path) -> None:
+    """Refuse a 0-byte Parquet file (a writer that died early), on both engines alike: DuckDB
+    would fail on it and Spark would skip it, scoring part of the table without a word."""
+    if source.is_dir():
+        files = (p for p in source.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in p.parts[-1:]))
+    elif source.is_file():
+        files = iter([source])
+    else:
+        return
+    for file in files:
+        if file.is_file() and file.stat().st_size == 0:
+            raise InputDataError(f"table '{name}': {file.name} is empty (0 bytes), not a Parquet file: remove it")
 
 
 class ModelCatalog:
@@ -47,6 +85,10 @@ class ModelCatalog:
 
     def register_model(self, name: str, model: Model) -> None:
         raise NotImplementedError
+
+    def details(self) -> dict[str, Any]:
+        """Engine facts the run manifest records (the Spark UDF kind, ...); none by default."""
+        return {}
 
 
 class Engine(Protocol):
@@ -84,7 +126,7 @@ class Engine(Protocol):
     def publish(
         self,
         sql: str,
-        output: Path,
+        output: str,
         metadata: dict[str, Any],
         settings: Any,
         on_batch: Callable[[int], None] | None = None,
@@ -92,8 +134,12 @@ class Engine(Protocol):
         """Run ``sql`` and publish its result atomically at ``output``; return the row count."""
         ...
 
-    def rows_scored(self) -> dict[str, int]:
-        """Rows each registered model has scored."""
+    def rows_scored(self) -> dict[str, int | None]:
+        """Rows each registered model has scored (None: the engine cannot count them)."""
+        ...
+
+    def details(self) -> dict[str, Any]:
+        """Engine facts the run manifest records."""
         ...
 
     def close(self) -> None:
