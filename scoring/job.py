@@ -220,9 +220,8 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
             return fn, model
 
         catalog = sqlc.Catalog(models=dict(models), schema=engine.schema, names=names)
-        sql = compile_script(steps, catalog, engine, resolve_reference, dialect, engine.dialect)
-        if not settings.host_access:
-            check_sql(sql, engine.dialect)
+        sandboxed = None if settings.host_access else (lambda text: check_sql(text, engine.dialect))
+        sql = compile_script(steps, catalog, engine, resolve_reference, dialect, engine.dialect, sandboxed)
         log.debug("compiled SQL: %s", sql)
         metadata = run_metadata(spec, refs, engine.name, dialect, sql)
         rows = engine.publish(sql, output, metadata, settings, on_batch)
@@ -272,12 +271,14 @@ def compile_script(
     resolve_reference: Callable[[Reference], tuple[str, Model]],
     read: str,
     write: str,
+    check: Callable[[str], None] | None = None,
 ) -> str:
     """Compile and run the script's statements in order; return the SQL of the last one.
 
     Per statement: collect its model references, let ``resolve_reference`` pin and register
     the new ones, rewrite, then run it (a view or temp table later statements read). The
     last statement's SQL is returned to be published, its repeated column names renamed.
+    ``check`` (the sandbox) sees every compiled statement before an engine does.
     """
     for step in steps:
         tree = step.tree
@@ -285,11 +286,12 @@ def compile_script(
             if ref.kind != "bound" and ref.key not in catalog.functions:
                 catalog.functions[ref.key] = resolve_reference(ref)
         tree = sqlc.rewrite(tree, catalog, read, write)
+        sql = sqlc.generate(tree, write)
+        if check is not None:
+            check(sql)
         if step.kind == "query":
-            renamed = deduplicated(engine.columns(sqlc.generate(tree, write)))
-            if renamed is not None:
-                tree = sqlc.column_aliases(tree, renamed)
-            return sqlc.generate(tree, write)
+            renamed = deduplicated(engine.columns(sql))
+            return sqlc.generate(sqlc.column_aliases(tree, renamed), write) if renamed is not None else sql
         target = catalog.names.create(step.target, temporary=step.kind == "table")
         engine.run_statement(scripts.creation_sql(step.kind, target, tree, write))
     raise AssertionError("a planned script ends with a query")  # scripts.plan guarantees it
