@@ -133,11 +133,12 @@ def rewrite(tree: Node, catalog: Catalog, read: str, write: str) -> Node:
     check_calls(tree, catalog.models)
     dialect = read_dialect(write)
 
-    def lookup(model: Node) -> tuple[str, Model]:
+    def lookup(model: Node) -> tuple[str, Model, str]:
         ref = references.of_model_expression(model, catalog.models, dialect)
         if ref.kind == "bound":
-            return ref.value, catalog.models[ref.value]
-        return catalog.functions[ref.key]
+            return ref.value, catalog.models[ref.value], ref.value
+        fn, found = catalog.functions[ref.key]
+        return fn, found, ref.written
 
     predict.expand(tree, lookup, _schema_with_ctes(catalog), read, write)
     return qualify.qualify_columns(tree)
