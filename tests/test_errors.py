@@ -209,7 +209,7 @@ def test_bad_with_declaration(cli, with_clause, message):
     [
         ("SELECT * FROM PREDICT(MODEL = 'gb', DATUM = t AS d) AS p", "tsql", r"PREDICT expects MODEL =, DATA ="),
         ("SELECT * FROM PREDICT(MODEL = 'gb', DATA = t AS d, RUNTIME = PYTHON) AS p", "tsql", r"RUNTIME = PYTHON"),
-        ("SELECT 1; SELECT 2", "duckdb", r"expected one SQL statement, found 2"),
+        ("SELECT 1; SELECT 2", "duckdb", r"a query before the last statement is not allowed in a scoring script"),
         ("SELECT FROM WHERE", "tsql", r"cannot parse the query as tsql SQL"),
         (
             "SELECT d.idd FROM PREDICT(MODEL = 'gb', DATA = t AS d) WITH (label BIGINT) AS p",
