@@ -175,8 +175,8 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
     spark = settings.engine == "spark"
     if not (spark and storage.is_remote(output)):  # Hadoop's URIs are checked through the Spark session
         publish.check_target(output, settings.mode, folder=spark)
-    for what, names in (("model", spec.models), ("table", spec.tables)):
-        check_unique_names(what, names)
+    for what, bound in (("model", spec.models), ("table", spec.tables)):
+        check_unique_names(what, bound)
     for name in spec.models:
         check_sql_name(name, "model")
     for name, path in spec.tables.items():
