@@ -30,6 +30,7 @@ from scoring.redact import redact_data
 from scoring.settings import Settings
 from scoring.sql.compile import Catalog, compile_query
 from scoring.sql.dialects import PredictTable, read_dialect
+from scoring.sql.qualify import Names
 
 PROBE_ROWS = 3  # more than one, so an output of one value per batch cannot pass for one per row
 DEFAULT_TABLE = "my_table"
@@ -231,7 +232,7 @@ def _run_example(model: Model, name: str, table: str, query: str, dialect: str, 
             engine.register_table(table, str(path))
             engine.register_model(name, model)
             try:
-                catalog = Catalog(models={name: model}, schema=engine.schema)
+                catalog = Catalog(models={name: model}, schema=engine.schema, names=Names.of_bindings({table: ""}))
                 compiled = compile_query(query, dialect, engine.dialect, catalog)
                 schema = engine.execute(compiled, PROBE_ROWS).read_all().schema
             except ScoringError as exc:
