@@ -43,7 +43,7 @@ test: setup
 
 # Both ends of the supported range, each in its own venv (.venv-lower, .venv-latest): see .ci/matrix.
 test-matrix:
-	.ci/matrix lower latest
+	.ci/matrix lower latest sqlglot
 
 lint: setup
 	$(BIN)/ruff check scoring tests sql
