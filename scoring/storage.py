@@ -460,3 +460,51 @@ def open_dataset(uri: str) -> Any:
     except Exception as exc:  # pyarrow.ArrowInvalid: a corrupt footer or clashing schemas
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputDataError(f"'{location.display}' cannot be read as Parquet: {scrub(first)}") from None
+
+
+# -- single files (models) ----------------------------------------------------------------------
+
+
+def download(uri: str, target: Any, what: str, timeout: float = 60) -> None:
+    """Copy the file at ``uri`` (object store, ``http(s)://``) to the local path ``target``.
+
+    Raises:
+        ModelNotFoundError: nothing is there.
+        AuthenticationError: the store or server refused the credentials.
+        RegistryUnavailableError: the server cannot be reached (retryable).
+    """
+    from scoring.errors import ModelNotFoundError, RegistryUnavailableError
+
+    if scheme(uri) in ("http", "https"):
+        import shutil
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri, timeout=timeout) as response, open(target, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise AuthenticationError(f"{what}: the server refused the request (HTTP {exc.code})") from None
+            if exc.code == 404:
+                raise ModelNotFoundError(f"{what}: no file there (HTTP 404)") from None
+            raise RegistryUnavailableError(f"{what}: the server answered HTTP {exc.code}") from None
+        except OSError as exc:  # refused connection, timeout, TLS failure
+            reason = getattr(exc, "reason", None) or exc
+            raise RegistryUnavailableError(f"{what}: cannot be fetched ({scrub(str(reason))})") from None
+        return
+    location = locate(uri)
+    try:
+        found = location.info().type == pafs.FileType.File
+    except AuthenticationError:
+        raise
+    except ScoringError as exc:
+        raise RegistryUnavailableError(f"{what}: {exc}") from None
+    if not found:
+        raise ModelNotFoundError(f"{what}: no file at '{location.display}'")
+    try:
+        with location.fs.open_input_stream(location.path) as source, open(target, "wb") as out:
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+    except OSError as exc:
+        raise store_error(exc, location, "cannot be read", RegistryUnavailableError) from None
