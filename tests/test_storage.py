@@ -265,3 +265,30 @@ def test_secrets_are_redacted():
         assert storage.scrub(f"request signed with {SECRET}") == "request signed with ***"
     finally:
         del os.environ["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_azure_blob_on_azurite_table_to_output_and_a_refused_key(registry, azurite, run_cli, monkeypatch):
+    """pyarrow's AzureFileSystem against Microsoft's emulator, configured by a connection string."""
+    from scoring import storage
+
+    for name in [n for n in os.environ if n.startswith("AZURE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    source = storage.locate("az://lake/in/gb.parquet")
+    source.fs.create_dir("lake")
+    pq.write_table(pq.read_table(registry.tables["gb"]), source.path, filesystem=source.fs)
+    argv = ("--model", "gb=models:/gb/1", "--query", GB_QUERY, "--output", "az://lake/out/scored.parquet")
+    code, err = run_cli("--table", "t=abfs://lake/in/gb.parquet", *argv)
+    assert code == ExitCode.OK, err
+    out = storage.locate("az://lake/out/scored.parquet")
+    result = pq.read_table(out.path, filesystem=out.fs).sort_by("id")
+    np.testing.assert_array_equal(result["label"].to_numpy(), registry.cases["gb"].expected_label())
+    assert out.sibling("scored.parquet.run.json").exists()
+
+    wrong = "A" * 86 + "=="  # a well-formed key the account does not have
+    real_key = azurite.connection_string.split("AccountKey=")[1].split(";")[0]
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string.replace(real_key, wrong))
+    code, err = run_cli("--table", "t=az://lake/in/gb.parquet", *argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == ExitCode.AUTHENTICATION and len(lines) == 1, err
+    assert "refused the credentials (AuthorizationFailure)" in lines[0] and wrong not in err and real_key not in err
