@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from scoring.redact import redact
+
 
 class ExitCode:
     """Process exit codes of the ``scoring`` command (documented in the README)."""
@@ -42,10 +44,17 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 
 
 class ScoringError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    Its message is redacted (:func:`scoring.redact.redact`) when the error is made, so a URI's
+    password or a token echoed by a server never reaches a log, a manifest or a traceback.
+    """
 
     exit_code: int = ExitCode.INTERNAL
     retryable: bool = False
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(ScoringError, ValueError):
@@ -77,6 +86,12 @@ class RegistryUnavailableError(RegistryError, ConnectionError):
     retryable = True
 
 
+class NotARegistryError(RegistryError):
+    """The tracking URI answers, but not as an MLflow registry (an HTML page, a login redirect)."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class ModelLoadError(ScoringError):
     """A model was found but cannot be used: wrong flavor, corrupt file, unsupported type."""
 
@@ -103,6 +118,10 @@ class QueryError(ScoringError):
     """The engine rejected the (rewritten) query."""
 
     exit_code = ExitCode.QUERY
+
+
+class QueryRefusedError(QueryError, PermissionError):
+    """The query reaches outside what the job was given: a host file, a setting, Java reflection."""
 
 
 class InputDataError(ScoringError, LookupError):

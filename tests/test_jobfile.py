@@ -17,7 +17,7 @@ import pytest
 
 from scoring.cli import main
 from scoring.errors import ConfigError, ExitCode
-from scoring.jobfile import EngineName, JobFile, load_job
+from scoring.jobfile import EngineName, JobFile, load_job, tomllib
 from scoring.settings import Settings
 from scoring.writer import read_metadata
 
@@ -342,8 +342,6 @@ def test_job_file_settings_match_settings() -> None:
 
 def test_docker_example_job_file_is_valid() -> None:
     root = Path(__file__).resolve().parents[1]
-    import tomllib
-
     data = tomllib.loads((root / "docker" / "job.toml").read_text())
     job = JobFile.model_validate(data)
     assert job.models == {"bc": "models:/bc@champion"}
