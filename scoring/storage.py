@@ -37,13 +37,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pyarrow.fs as pafs
 
 from scoring.errors import AuthenticationError, ConfigError, ScoringError
+from scoring.redact import redact as _redact
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
-# user:password@ (a secret may hold '/', which users do not escape), or any user@ on http(s);
-# abfs://container@account is a container name, not a credential.
-_USERINFO = re.compile(r"(?P<head>(?:^|(?<=[\s'\"(=]))[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@\s'\"]*:[^@\s'\"]*@)")
-_HTTP_USER = re.compile(r"(?P<head>\bhttps?://)(?P<userinfo>[^/@\s'\"]+@)")
-_SECRET_QUERY = re.compile(r"(?i)([?&;](?:[^=&;]*(?:secret|key|token|sig|password|credential)[^=&;]*)=)([^&;#]*)")
 GLOB_CHARS = "*?["
 MANIFEST = "_scoring.json"  # a published folder's manifest, and its commit marker (scoring.publish)
 
@@ -83,11 +79,15 @@ def has_glob(path: str) -> bool:
     return any(ch in path for ch in GLOB_CHARS)
 
 
+# user:password@ where the password holds an unescaped '/' (AWS secret keys often do), which
+# scoring.redact's rule, ending the user info at the first '/', would leave in place.
+_SLASHED_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://)[^@\s'\"<>:/]*:[^@\s'\"<>]*@")
+
+
 def redact(text: str) -> str:
-    """``text`` with the user info of a URI and secret-looking query values replaced by ``***``."""
-    text = _USERINFO.sub(lambda m: f"{m['head']}***@", text)
-    text = _HTTP_USER.sub(lambda m: f"{m['head']}***@", text)
-    return _SECRET_QUERY.sub(lambda m: f"{m[1]}***", text)
+    """``text`` with URI user info and credential-looking values replaced by ``***``
+    (:func:`scoring.redact.redact`, the package's one rule, plus passwords holding a '/')."""
+    return _redact(_SLASHED_USERINFO.sub(lambda m: f"{m['head']}***@", text))
 
 
 def scrub(text: str) -> str:
