@@ -43,8 +43,8 @@ _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 GLOB_CHARS = "*?["
 MANIFEST = "_scoring.json"  # a published folder's manifest, and its commit marker (scoring.publish)
 
-# What the Spark engine hands to Hadoop as is; none has a pyarrow filesystem in the wheel.
-HADOOP_SCHEMES = frozenset({"hdfs", "s3a", "s3n", "abfss", "wasb", "wasbs", "viewfs", "adl", "gs", "file"})
+# Read by Hadoop alone (the Spark engine, which passes every URI to Hadoop unchanged): none has a
+# pyarrow filesystem in the wheel.
 _HADOOP_ONLY = frozenset({"hdfs", "s3n", "wasb", "wasbs", "viewfs", "adl"})
 _AZURE = frozenset({"az", "abfs", "abfss"})
 # Environment variables whose values must never appear in output (checked by value, in :func:`scrub`).

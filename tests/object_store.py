@@ -167,7 +167,7 @@ def start_mlflow(root: Path, artifacts: list[str], env: dict[str, str]) -> tuple
     log = root / "server.log"
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240  # a loaded 2-core machine
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"{url}/health", timeout=2).close()
@@ -177,4 +177,4 @@ def start_mlflow(root: Path, artifacts: list[str], env: dict[str, str]) -> tuple
                 raise RuntimeError(f"mlflow server exited: {log.read_text()[-2000:]}") from None
             time.sleep(0.5)
     stop(proc)
-    raise RuntimeError("mlflow server did not become healthy in 120 s")
+    raise RuntimeError("mlflow server did not become healthy in 240 s")

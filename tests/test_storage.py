@@ -289,3 +289,34 @@ def test_azure_blob_on_azurite_table_to_output_and_a_refused_key(registry, azuri
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == ExitCode.AUTHENTICATION and len(lines) == 1, err
     assert "refused the credentials (AuthorizationFailure)" in lines[0] and wrong not in err and real_key not in err
+
+
+def test_folder_commit_protocol_on_s3(s3_env):
+    """No rename on S3: the manifest object is the commit; readers that check it see the whole
+    result or are told to retry, never a mix of two runs."""
+    from scoring import storage
+    from scoring.errors import InputDataError
+    from scoring.publish import publish_folder
+
+    def writer(parts: int):
+        def write(tmp: str) -> int:
+            location = storage.locate(tmp)
+            for n in range(parts):
+                pq.write_table(
+                    pa.table({"run": [parts] * 5}), f"{location.path}/part-{n}.parquet", filesystem=location.fs
+                )
+            return 5 * parts
+
+        return write
+
+    assert publish_folder("s3://lake/fold/out", writer(3), {"engine": "test"}, "overwrite") == 15
+    assert publish_folder("s3://lake/fold/out", writer(2), {"engine": "test"}, "overwrite") == 10
+    assert keys(s3_env, "fold/out/") == ["fold/out/_scoring.json", "fold/out/part-0.parquet", "fold/out/part-1.parquet"]
+    manifest = json.loads(get_object(s3_env, "fold/out/_scoring.json"))
+    assert manifest["status"] == "committed" and manifest["files"] == ["part-0.parquet", "part-1.parquet"]
+    assert [k for k in keys(s3_env, "fold/") if ".tmp-" in k] == []  # the temporary folder is gone
+    put_parquet(s3_env, "fold/out/stray.parquet", pa.table({"run": [99]}))  # not listed: not read
+    assert storage.open_dataset("s3://lake/fold/out").to_table()["run"].to_pylist() == [2] * 10
+    s3_env.client().put_object(Bucket="lake", Key="fold/out/_scoring.json", Body=b'{"status": "publishing"}')
+    with pytest.raises(InputDataError, match=r"'s3://lake/fold/out' is being replaced by another run"):
+        storage.open_dataset("s3://lake/fold/out")
