@@ -311,7 +311,8 @@ def test_folder_commit_protocol_on_s3(s3_env):
 
     assert publish_folder("s3://lake/fold/out", writer(3), {"engine": "test"}, "overwrite") == 15
     assert publish_folder("s3://lake/fold/out", writer(2), {"engine": "test"}, "overwrite") == 10
-    assert keys(s3_env, "fold/out/") == ["fold/out/_scoring.json", "fold/out/part-0.parquet", "fold/out/part-1.parquet"]
+    objects = [k for k in keys(s3_env, "fold/out/") if not k.endswith("/")]  # pyarrow's folder markers aside
+    assert objects == ["fold/out/_scoring.json", "fold/out/part-0.parquet", "fold/out/part-1.parquet"]
     manifest = json.loads(get_object(s3_env, "fold/out/_scoring.json"))
     assert manifest["status"] == "committed" and manifest["files"] == ["part-0.parquet", "part-1.parquet"]
     assert [k for k in keys(s3_env, "fold/") if ".tmp-" in k] == []  # the temporary folder is gone
