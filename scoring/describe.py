@@ -28,7 +28,7 @@ from scoring.job import registry_for
 from scoring.model import Model, Output
 from scoring.redact import redact_data
 from scoring.settings import Settings
-from scoring.sql.compile import compile_query
+from scoring.sql.compile import Catalog, compile_query
 from scoring.sql.dialects import PredictTable, read_dialect
 
 PROBE_ROWS = 3  # more than one, so an output of one value per batch cannot pass for one per row
@@ -231,7 +231,8 @@ def _run_example(model: Model, name: str, table: str, query: str, dialect: str, 
             engine.register_table(table, str(path))
             engine.register_model(name, model)
             try:
-                compiled = compile_query(query, dialect, engine.dialect, engine)
+                catalog = Catalog(models={name: model}, schema=engine.schema)
+                compiled = compile_query(query, dialect, engine.dialect, catalog)
                 schema = engine.execute(compiled, PROBE_ROWS).read_all().schema
             except ScoringError as exc:
                 return {"error": str(exc)}

@@ -5,9 +5,11 @@ Accepted URIs: ``models:/name/version``, ``models:/name@alias``, ``models:/name/
 An alias or ``latest`` is resolved to a version here, once, so everything downstream
 (every DuckDB thread, every Spark executor) scores with the same version.
 
-Files land in a content-addressed cache (``<cache>/blobs/<sha256>.onnx``) written with
-an atomic rename, so two jobs sharing the cache never see a torn file. A pinned
-version already cached is used without downloading it again.
+Files land in a content-addressed cache (:mod:`scoring.blobs`: ``<cache>/blobs/<sha256>.onnx``,
+or ``<cache>/blobs/<sha256>/`` for a model with external data) written with an atomic rename,
+after they are checked, so two jobs sharing the cache never see a torn or foreign file. A
+pinned version already cached is used without downloading it again. MLflow's errors become
+ours by error code, HTTP status and exception class (:mod:`scoring.registry_errors`).
 """
 
 from __future__ import annotations
@@ -306,10 +308,10 @@ class Registry:
         except ModelNotFoundError:
             # MLflow 3 logs a model as a LoggedModel of the run, not as run artifacts, and its own
             # fallback looks it up in the process-wide tracking URI: look it up here instead.
-            location = self._logged_model_location(run_id, path.rstrip("/"))
-            if location is None:
+            logged = self._logged_model_location(run_id, path.rstrip("/"))
+            if logged is None:
                 raise
-            return self._download(uri, location, name, None, pinned, key=None)
+            return self._download(uri, logged, name, None, pinned, key=None)
 
     def _logged_model_location(self, run_id: str, name: str) -> str | None:
         """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
