@@ -167,7 +167,10 @@ def _write_manifest(spec: JobSpec, manifest: dict[str, Any], started: float) -> 
             publish.remove(manifest_path(spec.output, failed=True))
     except (OSError, ScoringError) as exc:  # the manifest must never hide the job's own outcome
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-        log.warning("run manifest %s not written: %s", storage.redact(path), storage.scrub(reason))
+        # After a failure the job's own error is the line that matters (a refused credential
+        # refuses the manifest too); after a success a missing record is worth a warning.
+        level = logging.DEBUG if failed else logging.WARNING
+        log.log(level, "run manifest %s not written: %s", storage.redact(path), storage.scrub(reason))
 
 
 def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | None, started: float) -> JobResult:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scoring import storage
 from scoring.blobs import DEFAULT_MAX_BYTES, FILE_MODE, Store, make_folder
 from scoring.errors import (
     ConfigError,
@@ -37,6 +38,7 @@ from scoring.registry_errors import translate
 log = logging.getLogger(__name__)
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
+_REMOTE_FILES = frozenset({"s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https"})
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 
 
@@ -181,6 +183,8 @@ class Registry:
             return self._resolve_registered(uri, match["name"], match["version"], match["alias"])
         if match := _RUNS_URI.match(uri):
             return self._resolve_run(uri, match["run_id"], match["path"])
+        if storage.scheme(uri) in _REMOTE_FILES:
+            return self._resolve_remote_file(uri)
         if "://" in uri or uri.startswith(("models:", "runs:")):
             raise ModelNotFoundError(
                 f"model URI '{uri}' is not understood; expected models:/name/version, "
@@ -339,6 +343,17 @@ class Registry:
             path, signature = _read_mlmodel(path, uri)
         sha, blob = self.store.put(path, uri, self.max_bytes)
         return ModelRef(uri, name, None, sha, blob, str(path.resolve()), signature)
+
+    def _resolve_remote_file(self, uri: str) -> ModelRef:
+        """An ONNX file on an object store or web server: fetched, hashed, cached by content."""
+        shown = storage.redact(uri)
+        make_folder(self.cache_dir)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as tmp:
+            local = Path(tmp) / "model.onnx"
+            storage.download(uri, local, f"model '{shown}'")
+            sha, blob = self.store.put(local, shown, self.max_bytes)
+        name = shown.partition("?")[0].rstrip("/").rsplit("/", 1)[-1].removesuffix(".onnx") or "model"
+        return ModelRef(shown, name, None, sha, blob, shown, None)
 
     # -- cache ----------------------------------------------------------------------------------
 
