@@ -47,15 +47,6 @@ MANIFEST = "_scoring.json"  # a published folder's manifest, and its commit mark
 # pyarrow filesystem in the wheel.
 _HADOOP_ONLY = frozenset({"hdfs", "s3n", "wasb", "wasbs", "viewfs", "adl"})
 _AZURE = frozenset({"az", "abfs", "abfss"})
-# Environment variables whose values must never appear in output (checked by value, in :func:`scrub`).
-_SECRET_ENV = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "AZURE_CLIENT_SECRET",
-)
 
 
 def scheme(uri: str) -> str:
@@ -81,33 +72,10 @@ def has_glob(path: str) -> bool:
 
 # user:password@ where the password holds an unescaped '/' (AWS secret keys often do), which
 # scoring.redact's rule, ending the user info at the first '/', would leave in place.
-_SLASHED_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://)[^@\s'\"<>:/]*:[^@\s'\"<>]*@")
-
-
-def redact(text: str) -> str:
-    """``text`` with URI user info and credential-looking values replaced by ``***``
-    (:func:`scoring.redact.redact`, the package's one rule, plus passwords holding a '/')."""
-    return _redact(_SLASHED_USERINFO.sub(lambda m: f"{m['head']}***@", text))
-
-
-def scrub(text: str) -> str:
-    """:func:`redact`, plus every credential value of the environment replaced by ``***``.
-
-    Library errors can quote a request (a SAS token in a URL, a key in a connection string);
-    matching the values themselves is the one check that does not depend on their wording.
-    """
-    text = redact(text)
-    for secret in _secret_values():
-        text = text.replace(secret, "***")
-    return text
-
-
-def _secret_values() -> list[str]:
-    values = [os.environ.get(name, "") for name in _SECRET_ENV]
-    parts = _connection_string()
-    values += [parts.get("accountkey", ""), parts.get("sharedaccesssignature", "")]
-    # Short values would blank out ordinary words; real keys and tokens are long.
-    return sorted({v for v in values if len(v) >= 8}, key=len, reverse=True)
+# One rule for every secret the package might print or store: scoring.redact (it also blanks the
+# values of the credential variables below, wherever a library error quotes them).
+redact = _redact
+scrub = _redact
 
 
 @dataclass(frozen=True)
