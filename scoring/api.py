@@ -88,7 +88,7 @@ def enrich(
         models=dict(models),
         tables={k: str(v) for k, v in tables.items()},
         query=query,
-        output=Path(output),
+        output=str(output),
         dialect=dialect,
     )
     return run_job(spec, job_settings)

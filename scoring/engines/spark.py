@@ -13,9 +13,6 @@ oversubscribe the cores.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import json
 import logging
 import os
 import re
@@ -31,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 from sqlglot import exp
 
+from scoring import publish, storage
 from scoring.engines import ModelCatalog, check_sql_name, check_table_path
 from scoring.engines.spark_udfs import ShippedModel, choose_kind, model_udf, require_pyspark
 from scoring.errors import (
@@ -349,6 +346,23 @@ class SparkEngine(ModelCatalog):
         except Exception as exc:
             raise _query_error(exc) from None
 
+    def run_statement(self, sql: str) -> None:
+        """Run a script statement that creates a temp view or cached table (the SQL front built it)."""
+        self.dataframe(sql)
+
+    def columns(self, sql: str) -> list[str]:
+        """Column names of a query as it returns them (repeats kept), from the analyzer."""
+        return list(self.dataframe(sql).columns)
+
+    def first_rows(self, sql: str, limit: int) -> list[tuple[Any, ...]]:
+        """At most ``limit`` rows of a small query, such as a model-table subquery."""
+        try:
+            return [tuple(row) for row in self.dataframe(sql).limit(limit).collect()]
+        except ScoringError:
+            raise
+        except Exception as exc:
+            raise _query_error(exc) from None
+
     def dataframe(self, sql: str) -> Any:
         """The DataFrame of a compiled query (analysis errors raised as typed errors)."""
         try:
@@ -359,17 +373,16 @@ class SparkEngine(ModelCatalog):
     def publish(
         self,
         sql: str,
-        output: Path,
+        output: str,
         metadata: dict[str, Any],
         settings: Any,
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
         """Write the query's result as a Parquet folder published atomically at ``output``.
 
-        On Spark Connect the server writes the parts; the client then publishes them with the
-        same local rename swap, which needs ``output`` on a file system both can see (a local
-        server, a shared mount). Remote stores go through the storage commit protocol
-        (:mod:`scoring.publish`) once it takes a written folder.
+        On Spark Connect the server writes the parts and the client publishes them through
+        pyarrow's filesystems (:class:`scoring.publish.ArrowFolders`), so ``output`` must be a
+        store both can reach (a local server's disk, a shared mount, an object store).
         """
         df = self.dataframe(sql)
         metadata = {**metadata, **self.details()}
@@ -453,33 +466,39 @@ def _scoring_error_in(exc: BaseException) -> ScoringError | None:
     return None
 
 
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
 def write_folder(
     df: Any,
-    output: Path,
+    output: str,
     metadata: dict[str, Any],
     mode: str,
     compression: str,
     partition_by: list[str] | None = None,
     cancel: Callable[[], None] | None = None,
 ) -> int:
-    """Write ``df`` as a Parquet folder, then publish it at ``output`` by renaming.
+    """Write ``df`` as a Parquet folder published at ``output`` by :func:`scoring.publish.publish_folder`.
 
-    The parts are written under a hidden temporary folder beside ``output``; the
-    manifest (``_scoring.json``, ignored by Parquet readers) carries the run metadata.
+    ``output`` is a path or a Hadoop URI (``hdfs://``, ``s3a://``, ``abfss://``, ``file://``), passed to
+    Hadoop unchanged; the publish goes through the session's Hadoop ``FileSystem``.
     Returns the number of rows, read from the Parquet footers (no second pass over data).
     ``cancel`` stops the write's own Spark jobs when it fails or is stopped.
     """
-    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
+    spark = df.sparkSession
+    # A Spark Connect client has no JVM, so no Hadoop FileSystem: it publishes through pyarrow's
+    # filesystems (the commit protocol on object stores), which must see what the server wrote.
+    folders: publish.Folders = (
+        publish.ArrowFolders(output) if is_connect(spark) else publish.HadoopFolders(spark, output)
+    )
+    if mode == "error" and folders.exists(output):
+        raise OutputError(f"output '{storage.redact(output)}' already exists and the write mode is 'error'")
+    if folders.is_file(output):
+        raise OutputError(f"output '{storage.redact(output)}' is a file; expected the path of a folder")
+
+    def write(tmp: str) -> int:
         writer = df.write.mode("error").option("compression", compression)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         try:
-            writer.parquet(str(tmp))
+            writer.parquet(tmp)
         except BaseException as exc:
             # Stopped (SIGTERM) or failed: no task may go on writing into the folder removed below.
             if cancel is not None:
@@ -488,51 +507,6 @@ def write_folder(
             if not isinstance(exc, Exception) or isinstance(exc, ScoringError):
                 raise
             raise _scoring_error_in(exc) or QueryError(_first_line(exc)) from None
-        rows = ds.dataset(tmp, format="parquet", partitioning="hive" if partition_by else None).count_rows()
-        (tmp / MANIFEST).write_text(json.dumps({**metadata, "rows": rows}, indent=2))
-        _publish(tmp, output, mode)
-        return rows
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return int(spark.read.parquet(tmp).count())  # footers only
 
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
-
-    Returns False where the system or file system cannot (then nothing was changed).
-    """
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _publish(tmp: Path, output: Path, mode: str) -> None:
-    """Put the folder ``tmp`` at ``output``; an existing result is replaced in one step."""
-    try:
-        if not output.exists():
-            os.replace(tmp, output)
-            return
-        if mode == "error":
-            raise OutputError(f"output '{output}' appeared while the job ran and the write mode is 'error'")
-        if _exchange(tmp, output):  # readers see the old folder, then the new one; never neither
-            shutil.rmtree(tmp, ignore_errors=True)  # it holds the previous result now
-            return
-        # No atomic exchange here: two renames, with the previous result put back on any failure.
-        old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(output, old)
-        try:
-            os.replace(tmp, output)
-        except BaseException:
-            os.replace(old, output)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise OutputError(f"output '{output}' cannot be published: {exc.strerror or exc}") from None
+    return publish.publish_folder(output, write, metadata, mode, folders)
