@@ -201,9 +201,7 @@ def _sql_forms(model: Model, name: str, table: str) -> dict[str, Any]:
             "query": tsql.sql(dialect=read_dialect("tsql")),
         },
     }
-    inputs = {a.name.lower() for a in model.arguments}
-    for form in forms.values():
-        form.update(_run_example(model, name, table, form["query"], form["dialect"], inputs))
+    _run_examples(model, name, table, forms)
     return forms
 
 
@@ -213,13 +211,12 @@ def _zeros(onnx_type: str, model: Model) -> pa.Array:
     return pa.array([value] * PROBE_ROWS, type=row.arrow)
 
 
-def _run_example(model: Model, name: str, table: str, query: str, dialect: str, inputs: set[str]) -> dict[str, Any]:
-    """Compile and run ``query`` on DuckDB over PROBE_ROWS rows of zeros; report its columns.
-
-    ``added`` lists the columns that are not the table's own: what the model contributes.
-    """
+def _run_examples(model: Model, name: str, table: str, forms: dict[str, Any]) -> None:
+    """Compile and run each form's query on DuckDB over PROBE_ROWS rows of zeros, and add the
+    columns it returned (``added``: those that are not the table's own, what the model gives)."""
     from scoring.engines.duckdb import DuckDBEngine
 
+    inputs = {a.name.lower() for a in model.arguments}
     probe = pa.table({a.name: _zeros(a.onnx_type, model) for a in model.arguments})
     engine = DuckDBEngine(threads=1)
     try:
@@ -228,15 +225,24 @@ def _run_example(model: Model, name: str, table: str, query: str, dialect: str, 
             pq.write_table(probe, path)
             engine.register_table(table, str(path))
             engine.register_model(name, model)
-            try:
-                compiled = compile_query(query, dialect, engine.dialect, engine)
-                schema = engine.execute(compiled, PROBE_ROWS).read_all().schema
-            except ScoringError as exc:
-                return {"error": str(exc)}
+            for form in forms.values():
+                try:
+                    compiled = compile_query(form["query"], form["dialect"], engine.dialect, engine)
+                    schema = engine.execute(compiled, PROBE_ROWS).read_all().schema
+                except Exception as exc:  # an example that fails is reported with the rest, not raised
+                    form["error"] = _error_text(engine.translate(exc))
+                    continue
+                columns = [{"name": f.name, "duckdb_type": types.duckdb_type(f.type)} for f in schema]
+                form["columns"] = columns
+                form["added"] = [c for c in columns if c["name"].lower() not in inputs]
     finally:
         engine.close()
-    columns = [{"name": f.name, "duckdb_type": types.duckdb_type(f.type)} for f in schema]
-    return {"columns": columns, "added": [c for c in columns if c["name"].lower() not in inputs]}
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, ScoringError):
+        return str(exc)
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
 # -- text ------------------------------------------------------------------------------------------
