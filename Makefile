@@ -1,20 +1,36 @@
 # Two commands on a fresh machine: `make run` and `make test`. Both set everything up.
-PY ?= $(shell command -v python3.11 || command -v python3)
+#
+# The interpreter: PY if given, else the first supported Python (3.11, 3.12, 3.13, 3.10) found on PATH
+# or under pyenv. An unsupported `python3` is never used: setup stops and says why.
+SUPPORTED := 3.11 3.12 3.13 3.10
+PY ?= $(shell .ci/find-python $(SUPPORTED))
 VENV := .venv
 BIN := $(VENV)/bin
 EXAMPLE_TABLE := data/patients.parquet
 
-.PHONY: setup run test lint check bench clean
+.PHONY: setup setup-run python run test test-matrix lint check bench clean
 
-setup: $(VENV)/.installed
+python:
+	@test -n "$(PY)" || { echo "no supported Python ($(SUPPORTED)) found on PATH or under pyenv; set PY=/path/to/python3.x" >&2; exit 2; }
+	@echo "using $(PY) ($$($(PY) -c 'import platform; print("Python", platform.python_version())'))"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/python: | python
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+
+# `make run` installs only what the job and its example need; `make test` adds the test and lint tools.
+setup-run: $(VENV)/.installed-run
+setup: $(VENV)/.installed-dev
+
+$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[example]'
 	touch $@
 
-run: setup
+$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(VENV)/.installed-run $@
+
+run: setup-run
 	$(BIN)/python sql/examples/setup_example.py
 	$(BIN)/scoring run --dialect tsql \
 	  --model bc=models:/bc@champion \
@@ -24,6 +40,10 @@ run: setup
 
 test: setup
 	$(BIN)/pytest -q
+
+# Both ends of the supported range, each in its own venv (.venv-lower, .venv-latest): see .ci/matrix.
+test-matrix:
+	.ci/matrix lower latest
 
 lint: setup
 	$(BIN)/ruff check scoring tests sql
@@ -40,3 +60,15 @@ bench: setup
 
 clean:
 	rm -rf .scoring out data build dist *.egg-info
+
+# The images built and run for real with Podman (README "Run as a container job"): sets up
+# Podman and the stand-in base image first (docker/podman-setup.sh, idempotent), then builds
+# both images and runs the example job in them (tests/test_image.py; `make test` skips it).
+PODMAN_DIR ?= $(CURDIR)/.scoring/podman
+.PHONY: image-test
+image-test: setup
+	SCORING_PODMAN_DIR=$(PODMAN_DIR) docker/podman-setup.sh
+	@started=$$(date +%s); . $(PODMAN_DIR)/env; \
+	SCORING_IMAGE_TEST=required $(BIN)/pytest -q --timeout=2400 tests/test_image.py; rc=$$?; \
+	cat $(PODMAN_DIR)/image-figures.txt 2>/dev/null; \
+	echo "image-test: pytest $$(( $$(date +%s) - started )) s"; exit $$rc

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from scoring import __version__
 from scoring.errors import ConfigError, ExitCode, JobInterrupted, ScoringError, UsageError
+from scoring.redact import redact
 from scoring.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
             raise UsageError(f"{flag} expects NAME=VALUE, got '{value}'")
         if name in pairs:
             raise UsageError(f"{flag} binds '{name}' twice")
+        same = next((bound for bound in pairs if bound.lower() == name.lower()), None)
+        if same is not None:  # SQL names are case-insensitive: both would be one name
+            raise UsageError(f"{flag} binds '{same}' and '{name}', which SQL reads as one name")
         pairs[name] = target
     return pairs
 
@@ -141,9 +145,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     query.add_argument("--sql", type=Path, metavar="FILE", help="a file holding the SQL query")
     run.add_argument(
         "--output",
-        type=Path,
         metavar="PATH",
-        help="where to publish the result atomically: a Parquet file on DuckDB, a folder of Parquet files on Spark",
+        help="where to publish the result atomically (a path or a URI): a Parquet file on DuckDB, "
+        "a folder of Parquet files on Spark",
     )
     run.add_argument("--mode", choices=["overwrite", "error"], help=_help("mode"))
     run.add_argument("--null", choices=["null", "nan", "error"], help=_help("null"))
@@ -181,16 +185,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", default=None, help=_help("debug"))
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Every log line redacted (a URI's password, a token), traceback included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": self.formatTime(record),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": record.getMessage(),
-            }
-        )
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if record.exc_info:
+            entry["traceback"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -198,7 +210,7 @@ def _setup_logging(settings: Settings) -> None:
     if settings.log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("scoring")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
@@ -212,11 +224,15 @@ def _setup_logging(settings: Settings) -> None:
     quiet = logging.StreamHandler(sys.stderr)
     quiet.set_name("scoring-root")
     quiet.setLevel(logging.DEBUG if settings.debug else logging.CRITICAL + 1)
+    quiet.setFormatter(_RedactingFormatter())
     top = logging.getLogger()
     top.handlers[:] = [h for h in top.handlers if h.get_name() != "scoring-root"] + [quiet]
     # A log record that fails to format (its exception interrupted by a signal) is not worth a
     # traceback on stderr either.
     logging.raiseExceptions = settings.debug
+    # A library's warnings.warn() (numpy, urllib3, MLflow) becomes a log record of the root
+    # logger, shown only under --debug: never a raw line that breaks --log-format json.
+    logging.captureWarnings(True)
 
 
 class _StdoutClosed(Exception):
@@ -336,9 +352,11 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None =
         _emit(json.dumps(summary))
     else:
         for name, info in models.items():
-            _emit(
-                f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, {info['rows_scored']:,} rows scored"
+            # None: the engine cannot count them (Spark Connect has no accumulators).
+            scored = (
+                "rows scored not counted" if info["rows_scored"] is None else f"{info['rows_scored']:,} rows scored"
             )
+            _emit(f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, {scored}")
         _emit(
             f"wrote {result.rows:,} rows to {result.output} in {result.seconds:.2f} s "
             f"({result.rows_per_second:,.0f} rows/s)"
@@ -352,6 +370,25 @@ def _cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     description = describe_model(args.uri, settings, name=args.name, table=args.table)
     _emit(json.dumps(description, indent=2) if args.json else format_description(description))
     return ExitCode.OK
+
+
+def _mlflow_environment(settings: Settings) -> None:
+    """MLflow's process-wide HTTP and logging variables, set here, in the CLI's own process only.
+
+    MLflow reads its timeouts and retries only from these variables (its defaults retry for
+    minutes, which turns an unreachable registry into a hung job instead of exit 5), and logs
+    through its own stderr handler unless told not to (its lines would bypass redaction and the
+    JSON log format). A library embedded in a host program leaves both to its host.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.registry_timeout))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+
+
+def _print_traceback() -> None:
+    """The current exception's traceback on stderr, redacted (--debug)."""
+    sys.stderr.write(redact(traceback.format_exc()))
 
 
 def _json_requested(argv: Sequence[str]) -> bool:
@@ -413,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         debug = settings.debug
         as_json = settings.log_format == "json"
         _setup_logging(settings)
+        _mlflow_environment(settings)
         signal.signal(signal.SIGTERM, _raise_on_signal)
         signal.signal(signal.SIGINT, _raise_on_signal)
         if args.command == "run":
@@ -420,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_inspect(args, settings)
     except ScoringError as exc:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         _final_error(str(exc), exc.exit_code, type(exc).__name__, as_json)
         return exc.exit_code
     except _StdoutClosed:  # the reader went away (`| head`): nothing more to say to anyone
@@ -428,8 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.PIPE_CLOSED
     except Exception as exc:  # anything unplanned is a bug: say so, keep the trace for --debug
         if debug:
-            traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [""])[0]
+            _print_traceback()
+        first = redact((str(exc).strip().splitlines() or [""])[0])
         _final_error(
             f"{type(exc).__name__}: {first} (rerun with --debug for details)",
             ExitCode.INTERNAL,

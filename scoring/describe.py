@@ -26,6 +26,7 @@ from scoring.cache import load_model
 from scoring.errors import ScoringError
 from scoring.job import registry_for
 from scoring.model import Model, Output
+from scoring.redact import redact_data
 from scoring.settings import Settings
 from scoring.sql.compile import compile_query
 from scoring.sql.dialects import PredictTable, read_dialect
@@ -57,7 +58,7 @@ def describe_model(uri: str, settings: Settings, name: str | None = None, table:
     bound = check_sql_name(name, "model") if name else sql_name(ref.name)
     check_sql_name(table, "table")
     returned = _probe_shapes(model)
-    return {
+    description = {
         "uri": uri,
         "pinned_uri": ref.pinned_uri,
         "name": ref.name,
@@ -73,6 +74,7 @@ def describe_model(uri: str, settings: Settings, name: str | None = None, table:
         "table": table,
         "sql": _sql_forms(model, bound, table),
     }
+    return redact_data(description)  # a URI may carry a registry password (see README "Security")
 
 
 # -- tensors ---------------------------------------------------------------------------------------

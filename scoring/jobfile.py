@@ -38,13 +38,18 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a dependency there)
+    import tomli as tomllib
 
 from scoring.errors import ConfigError, did_you_mean
 from scoring.job import JobSpec
@@ -61,7 +66,7 @@ class OutputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path
+    path: str  # a path or a URI: Path() would fold s3:// and hdfs:// into s3:/ and hdfs:/
     compression: str | None = None
     mode: WriteMode | None = None
     partition_by: list[str] | None = None
@@ -75,6 +80,7 @@ class JobFile(BaseModel):
     engine: EngineName | None = None
     dialect: str | None = None
     null: NullPolicy | None = None
+    host_access: bool | None = None
     models: dict[str, str] = Field(default_factory=dict)
     tables: dict[str, str] = Field(default_factory=dict)
     query: str | None = None
@@ -87,7 +93,7 @@ class _OutputOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path | None = None
+    path: str | None = None
     compression: str | None = None
     mode: WriteMode | None = None
     partition_by: list[str] | None = None
@@ -289,6 +295,7 @@ def load_job(path: Path | None, flags: Mapping[str, Any] | None = None) -> tuple
         "engine": job.engine,
         "dialect": job.dialect,
         "null": job.null,
+        "host_access": job.host_access,
         "mode": job.output.mode,
         "compression": job.output.compression,
     }

@@ -307,6 +307,8 @@ class Model:
 
         numpy would wrap them silently (3,000,000,000 -> -1,294,967,296 in int32): a wrong score.
         """
+        if values.dtype.kind == "f" and dtype.kind == "f" and values.dtype.itemsize > dtype.itemsize and len(values):
+            self._check_float_range(values, dtype, name)
         if values.dtype.kind in "iu" and dtype.kind in "iu" and not np.can_cast(values.dtype, dtype) and len(values):
             bounds = np.iinfo(dtype)
             low, high = values.min(), values.max()
@@ -316,6 +318,21 @@ class Model:
                     f"model '{self.name}' input '{name}' is {dtype.name}, but received {bad}, outside its range"
                 )
         return values
+
+    def _check_float_range(self, values: np.ndarray, dtype: np.dtype, name: str) -> None:
+        """A finite float64 beyond float32's range would be scored as inf (and numpy would print
+        its own overflow warning): refuse it, naming the input and the value. inf and NaN pass."""
+        limit = np.finfo(dtype).max
+        magnitudes = np.abs(values)
+        if magnitudes.max() <= limit:  # the usual case, one pass (NaN compares False: checked below)
+            return
+        over = (magnitudes > limit) & np.isfinite(magnitudes)
+        if over.any():
+            bad = values[over][0]
+            raise InputDataError(
+                f"model '{self.name}' input '{name}' is {dtype.name}, but received {bad!r}, outside its range "
+                f"(largest {dtype.name}: {limit:.6g})"
+            )
 
     def _run(self, cols: list[pa.Array], n: int) -> pa.Array:
         if n == 0:

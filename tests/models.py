@@ -142,6 +142,16 @@ def logistic(rows: int = 400) -> Case:
     return Case("gb", est, onx, case.frame, case.features, signature_frame=case.signature_frame)
 
 
+def logged_name(name: str) -> dict[str, str]:
+    """Keyword naming a logged model: MLflow 3 calls it ``name``, MLflow 2 ``artifact_path``."""
+    import inspect
+
+    import mlflow.onnx
+
+    key = "name" if "name" in inspect.signature(mlflow.onnx.log_model).parameters else "artifact_path"
+    return {key: name}
+
+
 def register(case: Case, registered_name: str, aliases: tuple[str, ...] = ()) -> str:
     """Log ``case`` with mlflow.onnx into the active tracking URI and register it; return the version."""
     import mlflow
@@ -153,7 +163,7 @@ def register(case: Case, registered_name: str, aliases: tuple[str, ...] = ()) ->
         signature = infer_signature(case.signature_frame.astype(np.float32))
     with mlflow.start_run():
         info = mlflow.onnx.log_model(
-            case.onnx, name="model", signature=signature, registered_model_name=registered_name
+            case.onnx, **logged_name("model"), signature=signature, registered_model_name=registered_name
         )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()

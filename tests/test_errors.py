@@ -13,6 +13,7 @@ import pytest
 from scoring.cli import main
 from scoring.errors import ExitCode
 from tests.conftest import free_port
+from tests.models import logged_name
 
 GB_QUERY = "SELECT d.id, p.label FROM PREDICT(MODEL = 'gb', DATA = t AS d) WITH (label BIGINT) AS p"
 
@@ -105,7 +106,7 @@ def test_non_onnx_flavor_is_refused(cli, registry, tmp_path):
 
     case = registry.cases["gb_v2"]  # a logistic regression: skops serializes it without questions
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(case.estimator, name="skl")
+        info = mlflow.sklearn.log_model(case.estimator, **logged_name("skl"))
     code, err, out = cli(models=(f"gb=runs:/{info.run_id}/skl",))
     assert code == ExitCode.MODEL_LOAD
     assert "only the 'onnx' flavor is loaded" in error_line(err)

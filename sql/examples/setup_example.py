@@ -9,6 +9,7 @@ Idempotent: an existing registry with both versions is left as it is.
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -85,7 +86,9 @@ def main() -> int:
         )
         signature = infer_signature(signature_input, estimator.predict(x))
         with mlflow.start_run(run_name=f"bc-{alias}"):
-            info = mlflow.onnx.log_model(onx, name="model", signature=signature, registered_model_name="bc")
+            # MLflow 3 names a logged model `name`, MLflow 2 `artifact_path`.
+            key = "name" if "name" in inspect.signature(mlflow.onnx.log_model).parameters else "artifact_path"
+            info = mlflow.onnx.log_model(onx, signature=signature, registered_model_name="bc", **{key: "model"})
         version = info.registered_model_version
         client.set_registered_model_alias("bc", alias, str(version))
         print(f"registered bc version {version} ({type(estimator).__name__}) as @{alias}")

@@ -205,7 +205,9 @@ def models(work: Path, log=print) -> dict[str, BenchModel]:
             variants.append((PYFUNC_NAME, _label_only(onx)))
         for name, graph in variants:
             with mlflow.start_run(run_name=f"bench-{name}"):
-                info = mlflow.onnx.log_model(graph, name="model", signature=signature, registered_model_name=name)
+                info = mlflow.onnx.log_model(
+                    graph, **_logged_name("model"), signature=signature, registered_model_name=name
+                )
             assert str(info.registered_model_version) == "1", info.registered_model_version
         accuracy = float((estimator.predict(x32) == y).mean())
         log(
@@ -256,3 +258,13 @@ def spark_experiment(app: str, argv: list[str], default_rows: int) -> SparkExper
     ref = pin({"gb": "models:/bench_gb/1"}, settings)["gb"]
     spark = start_session("local[2]", app, jvm_log=work / "logs" / f"{app}.log")
     return SparkExperiment(rows, source, settings, ref, spark)
+
+
+def _logged_name(name: str) -> dict[str, str]:
+    """Keyword naming a logged model: MLflow 3 calls it ``name``, MLflow 2 ``artifact_path``."""
+    import inspect
+
+    import mlflow.onnx
+
+    key = "name" if "name" in inspect.signature(mlflow.onnx.log_model).parameters else "artifact_path"
+    return {key: name}
