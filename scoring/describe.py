@@ -28,8 +28,9 @@ from scoring.job import registry_for
 from scoring.model import Model, Output
 from scoring.redact import redact_data
 from scoring.settings import Settings
-from scoring.sql.compile import compile_query
+from scoring.sql.compile import Catalog, compile_query
 from scoring.sql.dialects import PredictTable, read_dialect
+from scoring.sql.qualify import Names
 
 PROBE_ROWS = 3  # more than one, so an output of one value per batch cannot pass for one per row
 DEFAULT_TABLE = "my_table"
@@ -228,23 +229,22 @@ def _run_examples(model: Model, name: str, table: str, forms: dict[str, Any]) ->
             engine.register_table(table, str(path))
             engine.register_model(name, model)
             for form in forms.values():
+                # The job's catalog for one bound model and one bound table.
+                catalog = Catalog(models={name: model}, schema=engine.schema, names=Names.of_bindings({table: ""}))
                 try:
-                    compiled = compile_query(form["query"], form["dialect"], engine.dialect, engine)
+                    compiled = compile_query(form["query"], form["dialect"], engine.dialect, catalog)
                     schema = engine.execute(compiled, PROBE_ROWS).read_all().schema
-                except Exception as exc:  # an example that fails is reported with the rest, not raised
-                    form["error"] = _error_text(engine.translate(exc))
+                except Exception as exc:  # an example that fails is reported with the rest
+                    translated = engine.translate(exc)
+                    if not isinstance(translated, ScoringError):
+                        raise  # a bug, not a fact about the model
+                    form["error"] = str(translated)
                     continue
                 columns = [{"name": f.name, "duckdb_type": types.duckdb_type(f.type)} for f in schema]
                 form["columns"] = columns
                 form["added"] = [c for c in columns if c["name"].lower() not in inputs]
     finally:
         engine.close()
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, ScoringError):
-        return str(exc)
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
 # -- text ------------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ def _output_value(model: Model, name: str) -> Node:
 
 def call(fn: str, model: Model, alias: str, schema: pa.Schema, table: str) -> Node:
     """``fn(alias.col, ...)``: the model's arguments bound by name to the DATA columns."""
-    columns = model.bind(schema, table)
+    # Messages name the model as the query binds it; one named by URI has a generated function name
+    # (references.Reference.function_name), so its registered name is the better label.
+    columns = model.bind(schema, table, name=None if fn.startswith("__scoring_") else fn)
     arguments = []
     for arg, column in zip(model.arguments, columns, strict=True):
         ref: Node = exp.column(column, table=alias, quoted=True)
