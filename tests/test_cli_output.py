@@ -166,3 +166,14 @@ def test_unnamed_matrix_input_in_ml_predict_names_the_bound_model_and_the_ways_o
     assert "bc_v1" not in line
     assert "no MLflow signature names its columns" in line and "features_0 ... features_5" in line
     assert "call bc(col, ...) in a plain query, which binds columns by position" in line
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_the_final_error_line_is_redacted(capsys, monkeypatch, tmp_path, log_format):
+    monkeypatch.setenv("SCORING_LOG_FORMAT", log_format)
+    argv = ["run", "--model", "bc:https://user:s3cret@mlflow.example/x", "--query", "SELECT 1"]
+    assert main([*argv, "--output", str(tmp_path / "o.parquet")]) == ExitCode.USAGE
+    line = _last_line(capsys.readouterr().err)
+    assert "--model expects NAME=VALUE" in line and "s3cret" not in line
+    if log_format == "json":
+        assert json.loads(line)["error"] == "UsageError"
