@@ -70,6 +70,7 @@ def describe_model(uri: str, settings: Settings, name: str | None = None, table:
         "inputs": [{"name": t.name, "type": t.onnx_type, "shape": _dims(t.shape)} for t in model.inputs],
         "arguments": _arguments(model),
         "outputs": [_output(o, model, returned) for o in model.outputs],
+        "probe_error": returned.get("error"),  # None when the model ran on the rows of zeros
         "returns": {"duckdb": types.duckdb_type(model.output_type), "spark": types.spark_type(model.output_type)},
         "sql_name": bound,
         "table": table,
@@ -291,7 +292,7 @@ def format_description(d: dict[str, Any]) -> str:
     lines += _inputs_header(d)
     for i, a in enumerate(d["arguments"], start=1):
         lines.append(f"  {i}. {a['column']} ({a['type']})" + (f" {_shape(a['shape'])}" if "shape" in a else ""))
-    lines.append("outputs:")
+    lines.append("outputs:" if d["probe_error"] is None else f"outputs ({d['probe_error']}):")
     for o in d["outputs"]:
         lines.append(
             f"  {o['name']}: {o['type']} declared {_shape(o['shape'])}{_shape_note(o)} -> {o['kind']}: "
