@@ -63,7 +63,7 @@ def check_file(path: Path, what: str, max_bytes: int = DEFAULT_MAX_BYTES) -> int
         raise ModelLoadError(f"model '{what}': {path} is not a regular file (a device, FIFO or socket)")
     if info.st_size > max_bytes:
         raise ModelLoadError(
-            f"model '{what}': {path.name} is {info.st_size:,} bytes, over the limit of {max_bytes:,} "
+            f"model '{what}': {path.name} is {info.st_size:,} bytes, over the limit of {max_bytes:,} bytes "
             "(SCORING_MODEL_MAX_BYTES)"
         )
     return info.st_size

@@ -330,7 +330,7 @@ class Model:
         if over.any():
             bad = values[over][0]
             raise InputDataError(
-                f"model '{self.name}' input '{name}' is {dtype.name}, but received {bad!r}, outside its range "
+                f"model '{self.name}' input '{name}' is {dtype.name}, but received {float(bad)!r}, outside its range "
                 f"(largest {dtype.name}: {limit:.6g})"
             )
 

@@ -5,9 +5,11 @@ Accepted URIs: ``models:/name/version``, ``models:/name@alias``, ``models:/name/
 An alias or ``latest`` is resolved to a version here, once, so everything downstream
 (every DuckDB thread, every Spark executor) scores with the same version.
 
-Files land in a content-addressed cache (``<cache>/blobs/<sha256>.onnx``) written with
-an atomic rename, so two jobs sharing the cache never see a torn file. A pinned
-version already cached is used without downloading it again.
+Files land in a content-addressed cache (:mod:`scoring.blobs`: ``<cache>/blobs/<sha256>.onnx``,
+or ``<cache>/blobs/<sha256>/`` for a model with external data) written with an atomic rename,
+after they are checked, so two jobs sharing the cache never see a torn or foreign file. A
+pinned version already cached is used without downloading it again. MLflow's errors become
+ours by error code, HTTP status and exception class (:mod:`scoring.registry_errors`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scoring import storage
 from scoring.blobs import DEFAULT_MAX_BYTES, FILE_MODE, Store, make_folder
 from scoring.errors import (
     ConfigError,
@@ -35,6 +38,7 @@ from scoring.registry_errors import translate
 log = logging.getLogger(__name__)
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
+_REMOTE_FILES = frozenset({"s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https"})
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 
 
@@ -179,6 +183,8 @@ class Registry:
             return self._resolve_registered(uri, match["name"], match["version"], match["alias"])
         if match := _RUNS_URI.match(uri):
             return self._resolve_run(uri, match["run_id"], match["path"])
+        if storage.scheme(uri) in _REMOTE_FILES:
+            return self._resolve_remote_file(uri)
         if "://" in uri or uri.startswith(("models:", "runs:")):
             raise ModelNotFoundError(
                 f"model URI '{uri}' is not understood; expected models:/name/version, "
@@ -302,10 +308,10 @@ class Registry:
         except ModelNotFoundError:
             # MLflow 3 logs a model as a LoggedModel of the run, not as run artifacts, and its own
             # fallback looks it up in the process-wide tracking URI: look it up here instead.
-            location = self._logged_model_location(run_id, path.rstrip("/"))
-            if location is None:
+            logged = self._logged_model_location(run_id, path.rstrip("/"))
+            if logged is None:
                 raise
-            return self._download(uri, location, name, None, pinned, key=None)
+            return self._download(uri, logged, name, None, pinned, key=None)
 
     def _logged_model_location(self, run_id: str, name: str) -> str | None:
         """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
@@ -337,6 +343,17 @@ class Registry:
             path, signature = _read_mlmodel(path, uri)
         sha, blob = self.store.put(path, uri, self.max_bytes)
         return ModelRef(uri, name, None, sha, blob, str(path.resolve()), signature)
+
+    def _resolve_remote_file(self, uri: str) -> ModelRef:
+        """An ONNX file on an object store or web server: fetched, hashed, cached by content."""
+        shown = storage.redact(uri)
+        make_folder(self.cache_dir)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as tmp:
+            local = Path(tmp) / "model.onnx"
+            storage.download(uri, local, f"model '{shown}'")
+            sha, blob = self.store.put(local, shown, self.max_bytes)
+        name = shown.partition("?")[0].rstrip("/").rsplit("/", 1)[-1].removesuffix(".onnx") or "model"
+        return ModelRef(shown, name, None, sha, blob, shown, None)
 
     # -- cache ----------------------------------------------------------------------------------
 

@@ -22,7 +22,14 @@ import pytest
 from scoring.errors import ExitCode
 from tests.conftest import free_port
 from tests.test_errors import GB_QUERY, error_line
-from tests.test_errors import cli as _cli  # noqa: F401  (the `cli` fixture)
+from tests.test_errors import cli as errors_cli  # noqa: F401  (a fixture, used as `cli` below)
+
+
+@pytest.fixture()
+def cli(errors_cli):  # noqa: F811  (the imported fixture, by its pytest name)
+    """test_errors' in-process ``scoring run``: (exit code, stderr, output path)."""
+    return errors_cli
+
 
 SECRET = "s3cr3t-Pa55-do-not-print"
 TOKEN = "tok-9f8e7d6c5b4a-do-not-print"
@@ -163,7 +170,7 @@ ECHO = "<html>proxy says: you sent {auth}</html>"
             '{"error_code": "INTERNAL_ERROR", "message": "db down, {auth}"}',
             "",
             ExitCode.REGISTRY_UNAVAILABLE,
-            r"INTERNAL_ERROR .*retry later",
+            r"retry later",
         ),
     ],
 )
@@ -211,6 +218,49 @@ def test_duckdb_sql_cannot_read_the_host(cli, hostile):
     assert out.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY (SELECT 42 AS x) TO '{tmp}/copied.csv'",
+        "ATTACH '{tmp}/attached.db' AS other",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "EXPORT DATABASE '{tmp}/exported'",
+        "SET enable_external_access = true",
+        "SET threads = 1",
+        "RESET lock_configuration",
+    ],
+)
+def test_a_job_engine_refuses_host_statements_itself(statement, tmp_path):
+    """The engine half, whatever the SQL front lets through: a job's DuckDB connection is sealed."""
+    import duckdb
+
+    from scoring.engines.duckdb import DuckDBEngine
+
+    engine = DuckDBEngine()
+    try:
+        with pytest.raises(duckdb.Error):
+            engine.con.execute(statement.format(tmp=tmp_path))
+        assert engine.con.execute("SELECT current_setting('enable_external_access')").fetchall() == [(False,)]
+    finally:
+        engine.close()
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "statement", ["COPY t TO '{tmp}/copied.csv'", "ATTACH '{tmp}/attached.db' AS other", "SET threads = 1"]
+)
+def test_host_statements_in_a_job_publish_nothing(cli, statement, tmp_path):
+    code, err, out = cli()
+    assert code == ExitCode.OK, err
+    before = out.read_bytes()
+    code, err, _ = cli(query=statement.format(tmp=tmp_path), dialect="duckdb")
+    assert code == ExitCode.QUERY, err
+    error_line(err)
+    assert out.read_bytes() == before
+    assert not (tmp_path / "copied.csv").exists() and not (tmp_path / "attached.db").exists()
+
+
 def test_host_access_opt_in_lets_trusted_sql_read_files(cli, monkeypatch, tmp_path):
     note = tmp_path / "note.txt"
     note.write_text("trusted")
@@ -229,15 +279,16 @@ def test_host_access_opt_in_lets_trusted_sql_read_files(cli, monkeypatch, tmp_pa
         "SELECT d.id FROM t AS d JOIN text.`/proc/self/environ` AS e ON true",
     ],
 )
-def test_spark_sql_cannot_reach_the_host(cli, hostile):
+def test_spark_sql_cannot_reach_the_host(cli, hostile, tmp_path):
     """Refused before a JVM starts (or any registry call), so no Java is needed to test it."""
-    code, err, out = cli()
-    assert code == ExitCode.OK, err
-    before = out.read_bytes()
-    code, err, _ = cli("--engine", "spark", query=hostile, dialect="spark")
+    previous = tmp_path / "spark-out"
+    previous.mkdir()
+    (previous / "part-0.parquet").write_bytes(b"the previous result")
+    code, err, _ = cli("--engine", "spark", "--output", str(previous), query=hostile, dialect="spark")
     assert code == ExitCode.QUERY, err
     assert re.search(r"query refused: .*host_access = true", error_line(err))
-    assert out.read_bytes() == before
+    assert [p.name for p in previous.iterdir()] == ["part-0.parquet"]
+    assert (previous / "part-0.parquet").read_bytes() == b"the previous result"
 
 
 # -- 6. names that differ only in case -----------------------------------------------------------
@@ -267,7 +318,9 @@ def test_a_float64_beyond_float32_is_an_input_error(cli, registry, tmp_path):
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), table)
     code, err, out = cli("--log-format", "json", tables=(f"t={table}",))
     assert code == ExitCode.INPUT_DATA, err
-    assert re.search(r"input 'features' is float32, but received 1e\+39, outside its range", error_line(err))
+    records = [json.loads(line) for line in err.splitlines()]  # no raw library line among them
+    assert records[-1]["exit_code"] == ExitCode.INPUT_DATA
+    assert re.search(r"input 'f2' is float32, but received 1e\+39, outside its range", records[-1]["message"])
     assert "RuntimeWarning" not in err and "overflow" not in err.lower()
     assert not out.exists()
 
@@ -351,10 +404,10 @@ def test_registering_twice_on_one_connection_replaces_the_function(registry, set
     con = duckdb.connect()
     con.execute("CREATE TABLE x AS SELECT 1.0::DOUBLE AS f0, 2.0 AS f1, 3.0 AS f2, 4.0 AS f3, 5.0 AS f4, 6.0 AS f5")
     scoring.register(con, {"gb": "models:/gb/1"}, settings=settings)
-    first = con.sql("SELECT gb(f0, f1, f2, f3, f4, f5).probability FROM x").fetchone()
+    first = con.execute("SELECT gb(f0, f1, f2, f3, f4, f5).probability FROM x").fetchall()
     with caplog.at_level("INFO", logger="scoring"):
         scoring.register(con, {"gb": "models:/gb/2"}, settings=settings)
-    second = con.sql("SELECT gb(f0, f1, f2, f3, f4, f5).probability FROM x").fetchone()
+    second = con.execute("SELECT gb(f0, f1, f2, f3, f4, f5).probability FROM x").fetchall()
     assert first != second  # version 2 is another estimator
     assert "replaced" in caplog.text
 
@@ -386,12 +439,12 @@ def test_a_local_mlflow_model_folder_is_named_after_the_folder(registry, tmp_pat
 
     from scoring.registry import Registry
 
-    folder = tmp_path / "churn_model"
-    mlflow.artifacts.download_artifacts(
+    downloaded = mlflow.artifacts.download_artifacts(
         artifact_uri=mlflow.MlflowClient(registry.tracking_uri).get_model_version_download_uri("churn", "1"),
-        dst_path=str(folder),
+        dst_path=str(tmp_path / "download"),
         tracking_uri=registry.tracking_uri,
     )
+    folder = Path(downloaded).rename(tmp_path / "churn_model")
     assert (folder / "MLmodel").is_file()
     assert Registry(registry.tracking_uri, tmp_path / "cache").resolve(str(folder)).name == "churn_model"
 

@@ -7,7 +7,7 @@ inside their own module so that one engine works without the other installed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,7 +63,7 @@ def _check_no_empty_file(name: str, source: Path) -> None:
     """Refuse a 0-byte Parquet file (a writer that died early), on both engines alike: DuckDB
     would fail on it and Spark would skip it, scoring part of the table without a word."""
     if source.is_dir():
-        files = (p for p in source.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in p.parts[-1:]))
+        files: Iterator[Path] = (p for p in source.rglob("*.parquet") if not p.name.startswith((".", "_")))
     elif source.is_file():
         files = iter([source])
     else:

@@ -93,6 +93,10 @@ class DuckDBEngine(ModelCatalog):
         self._counters: dict[str, ScoringStats] = {}
         self._sealed = False
         self.tables: dict[str, Any] = {}
+        # Sealed before any table, model or query arrives: tables are Arrow datasets (pyarrow
+        # reads the files) and models Python functions, neither of which needs DuckDB's own
+        # file access, so no statement of the job ever runs unsealed.
+        self.seal()
 
     # -- registration -------------------------------------------------------------------------
 
@@ -151,7 +155,8 @@ class DuckDBEngine(ModelCatalog):
         The table is a pyarrow dataset registered on the connection: DuckDB pushes the columns
         and filters of a query down into its scan, the files are read through pyarrow's
         filesystems (S3, GCS, Azure without DuckDB's httpfs extension), and the scan needs no
-        file access of DuckDB's own, so it still works with ``enable_external_access = false``.
+        file access of DuckDB's own, so it still works with ``enable_external_access = false``
+        (the engine's sandbox, :meth:`seal`).
         """
         check_table_path(name, path)
         try:
@@ -183,7 +188,7 @@ class DuckDBEngine(ModelCatalog):
             if isinstance(relation, exp.Subquery)
             else exp.select("*").from_(relation).sql(dialect=read_dialect("duckdb"))
         )
-        self.seal()  # the first query text of the job's own, in a subquery, runs here
+        self.seal()  # idempotent; sealed at construction already
         try:
             return self.con.sql(sql).limit(0).to_arrow_table().schema
         except duckdb.Error as exc:
