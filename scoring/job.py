@@ -219,7 +219,8 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
             engine.register_model(fn, model)
             engine.uri_functions[fn] = ref.written
             refs[ref.written] = model.ref
-            log.info("model %s -> %s (sha256 %s)", ref.written, model.ref.pinned_uri, model.ref.sha256[:12])
+            if ref.kind != "uri":  # a URI's pin is logged by the registry already: one line per model
+                log.info("model %s -> %s (sha256 %s)", ref.written, model.ref.pinned_uri, model.ref.sha256[:12])
             return fn, model
 
         catalog = sqlc.Catalog(models=dict(models), schema=engine.schema, names=names)
