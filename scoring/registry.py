@@ -293,37 +293,34 @@ class Registry:
     def _resolve_run(self, uri: str, run_id: str, path: str) -> ModelRef:
         name = Path(path.rstrip("/")).name
         pinned = f"runs:/{run_id}/{path}"
+        run = self._get_run(run_id)
         try:
             # The run's own artifact location, not `runs:/`: MLflow 2 resolves that scheme against
             # the process-wide tracking URI, which in an embedding program is not the registry's.
-            _require_database(self.tracking_uri)
-            run = self._call(
-                f"run '{run_id}'",
-                self.client.get_run,
-                run_id,
-                missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}",
-            )
             location = f"{str(run.info.artifact_uri).rstrip('/')}/{path.strip('/')}"
             return self._download(uri, location, name, None, pinned, key=None)
         except ModelNotFoundError:
             # MLflow 3 logs a model as a LoggedModel of the run, not as run artifacts, and its own
             # fallback looks it up in the process-wide tracking URI: look it up here instead.
-            logged = self._logged_model_location(run_id, path.rstrip("/"))
+            logged = self._logged_model_location(run, path.rstrip("/"))
             if logged is None:
                 raise
             return self._download(uri, logged, name, None, pinned, key=None)
 
-    def _logged_model_location(self, run_id: str, name: str) -> str | None:
-        """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
-        if not hasattr(self.client, "search_logged_models"):
-            return None  # MLflow 2 logs a model as artifacts of its run, which the caller tried first
+    def _get_run(self, run_id: str) -> Any:
         _require_database(self.tracking_uri)
-        run = self._call(
+        return self._call(
             f"run '{run_id}'",
             self.client.get_run,
             run_id,
             missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}",
         )
+
+    def _logged_model_location(self, run: Any, name: str) -> str | None:
+        """Artifact location of the model named ``name`` that ``run`` logged (MLflow 3)."""
+        if not hasattr(self.client, "search_logged_models"):
+            return None  # MLflow 2 logs a model as artifacts of its run, which the caller tried first
+        run_id = run.info.run_id
         found = self._call(
             f"models logged by run '{run_id}'",
             lambda: self.client.search_logged_models(
