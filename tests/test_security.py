@@ -463,6 +463,21 @@ def test_a_zero_byte_parquet_file_is_an_input_error(cli, registry, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.spark)])
+def test_a_corrupt_parquet_file_in_a_table_is_an_input_error(cli, registry, tmp_path, engine, request):
+    """One corrupt file in a table folder: exit 9 on both engines (Spark's from the Java cause)."""
+    if engine == "spark":
+        request.getfixturevalue("spark_ready")
+    folder = tmp_path / "t"
+    folder.mkdir()
+    pq.write_table(pq.read_table(registry.tables["gb"]), folder / "part-0.parquet")
+    (folder / "part-1.parquet").write_bytes(b"PAR1" + b"\x00" * 64 + b"\x10\x00\x00\x00PAR1")
+    code, err, out = cli("--engine", engine, tables=(f"t={folder}",))
+    assert code == ExitCode.INPUT_DATA, err
+    assert "An error occurred while calling" not in error_line(err)
+    assert not out.exists()
+
+
 def test_overflow_check_keeps_inf_and_nan(registry, settings):
     """inf and NaN are values, not overflows: they still reach the model."""
     from scoring.cache import load_model

@@ -312,6 +312,10 @@ def _query_error(exc: BaseException) -> ScoringError:
         )
     if isinstance(exc, duckdb.CatalogException) and "Table with name" in message:
         return InputDataError(message)
+    if isinstance(exc, duckdb.InvalidInputException):
+        # The bound tables are pyarrow datasets: a file that pyarrow cannot read (a corrupt
+        # footer, a truncated page) fails DuckDB's scan with this class, as on Spark (exit 9).
+        return InputDataError(message)
     return QueryError(message)
 
 

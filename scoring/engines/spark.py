@@ -41,6 +41,7 @@ from scoring.errors import (
     QueryError,
     ScoringError,
 )
+from scoring.java_errors import classify, root_cause
 from scoring.model import Model
 from scoring.sql.dialects import read_dialect
 
@@ -447,7 +448,22 @@ def _query_error(exc: BaseException) -> ScoringError:
     message = _first_line(exc)
     if "TABLE_OR_VIEW_NOT_FOUND" in message:
         return InputDataError(message)
-    return QueryError(message)
+    return _java_error(exc) or QueryError(message)
+
+
+def _java_error(exc: BaseException) -> ScoringError | None:
+    """A bad input file or a failed write, told by Spark's error class and the innermost Java
+    cause (:mod:`scoring.java_errors`); the py4j line on top ("An error occurred while calling
+    o63.parquet.") says neither."""
+    cause = root_cause(exc)
+    if cause is None:
+        return None
+    family = classify(cause)
+    if family == "input":
+        return InputDataError(cause.describe())
+    if family == "output":
+        return OutputError(cause.describe())
+    return None
 
 
 def _scoring_error_in(exc: BaseException) -> ScoringError | None:
@@ -506,7 +522,7 @@ def write_folder(
                     cancel()
             if not isinstance(exc, Exception) or isinstance(exc, ScoringError):
                 raise
-            raise _scoring_error_in(exc) or QueryError(_first_line(exc)) from None
+            raise _scoring_error_in(exc) or _java_error(exc) or QueryError(_first_line(exc)) from None
         return int(spark.read.parquet(tmp).count())  # footers only
 
     return publish.publish_folder(output, write, metadata, mode, folders)
