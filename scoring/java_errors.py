@@ -100,6 +100,8 @@ def root_cause(exc: BaseException) -> JavaCause | None:
 
 def classify(cause: JavaCause) -> str:
     """``"input"``, ``"output"`` or ``"query"``: which exit-code family the cause belongs to."""
+    if cause.cause_class == "org.apache.spark.api.python.PythonException":
+        return "query"  # the Python side (a model UDF) failed, whatever the write it happened in
     if cause.error_class and cause.error_class.startswith(_INPUT_CLASSES):
         return "input"
     if cause.error_class and cause.error_class.startswith(_OUTPUT_CLASSES):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -155,7 +156,7 @@ def test_the_kind_publishes_what_duckdb_publishes(registry, settings, with_nulls
     duck, _ = score(settings, "duckdb", query, models, {"t": table_path}, tmp_path / "duck.parquet")
     cache.clear()
     spark, result = score(settings, "spark", query, models, {"t": table_path}, tmp_path / "spark", spark_udf=kind)
-    manifest = json.loads(manifest_path(tmp_path / "spark").read_text())
+    manifest = json.loads(Path(manifest_path(str(tmp_path / "spark"))).read_text())
     assert manifest["spark_udf"] == kind and manifest["spark_session"] == "classic"
     assert json.loads((tmp_path / "spark" / "_scoring.json").read_text())["spark_udf"] == kind
     duck, spark = _sorted(duck, key), _sorted(spark, key)

@@ -185,7 +185,8 @@ def _series(array: pa.Array, arrow_type: pa.DataType) -> Any:
     import pandas as pd
 
     if pa.types.is_map(arrow_type):
-        return pd.Series(array.to_pylist(maps_as_pydicts="strict"), dtype=object)
+        # A MAP reaches pandas as dicts. (to_pylist(maps_as_pydicts=...) needs pyarrow 18+.)
+        return pd.Series([None if v is None else dict(v) for v in array.to_pylist()], dtype=object)
     if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
         return pd.Series(array.to_pylist(), dtype=object)
     # Arrow-backed: Spark hands the Arrow data on as it is (NULLs stay NULL, NaN stays NaN).
