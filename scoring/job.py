@@ -45,6 +45,7 @@ class JobResult:
     models: dict[str, ModelRef]
     rows_scored: dict[str, int] = field(default_factory=dict)
     sql: str = ""
+    scoring_path: str | None = None  # DuckDB: "batch" or "udf" (scoring.engines.batch)
 
     @property
     def rows_per_second(self) -> float:
@@ -131,6 +132,7 @@ def run_job(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] |
         exit_code=0,
         rows=result.rows,
         rows_scored=result.rows_scored,
+        scoring_path=result.scoring_path,
         models={name: ref.describe() for name, ref in result.models.items()},
     )
     _write_manifest(spec, manifest, started)
@@ -191,7 +193,7 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
     finally:
         engine.close()
     seconds = time.perf_counter() - started
-    return JobResult(output, rows, seconds, refs, scored, sql)
+    return JobResult(output, rows, seconds, refs, scored, sql, metadata.get("scoring_path"))
 
 
 def run_metadata(spec: JobSpec, refs: dict[str, ModelRef], engine: str, dialect: str, sql: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from scoring import types
-from scoring.engines import ModelCatalog, check_sql_name, check_table_path
+from scoring.engines import ModelCatalog, batch, check_sql_name, check_table_path
 from scoring.errors import InputDataError, QueryError, SchemaMismatchError, ScoringError
 from scoring.model import Model, ScoringStats
 from scoring.sql.dialects import read_dialect
@@ -166,7 +166,7 @@ class DuckDBEngine(ModelCatalog):
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
         """Stream the query's batches into one Parquet file published atomically at ``output``."""
-        reader = self.execute(sql, settings.row_group_rows)
+        reader = batch.reader_for(self, sql, settings, metadata) or self.execute(sql, settings.row_group_rows)
         try:
             written = write_parquet(
                 reader, output, metadata, mode=settings.mode, compression=settings.compression, on_batch=on_batch
