@@ -366,7 +366,7 @@ def _build(con: Any, dialect: Any, shape: _Shape, outputs: list[_Value], target:
         model = calls[column.call][1]  # type: ignore[index]
         produced = model.output_type if column.field is None else model.outputs[column.field].arrow_type
         try:
-            pa.array([], type=produced).cast(field.type)
+            pa.nulls(0, type=produced).cast(field.type)  # pa.array([]) would import pandas
         except (pa.ArrowException, NotImplementedError):
             return None
     return BatchPlan(read_sql, target, tuple(columns), tuple(calls))

@@ -205,7 +205,9 @@ def models(work: Path, log=print) -> dict[str, BenchModel]:
             variants.append((PYFUNC_NAME, _label_only(onx)))
         for name, graph in variants:
             with mlflow.start_run(run_name=f"bench-{name}"):
-                info = mlflow.onnx.log_model(graph, **_logged_name("model"), signature=signature, registered_model_name=name)
+                info = mlflow.onnx.log_model(
+                    graph, **_logged_name("model"), signature=signature, registered_model_name=name
+                )
             assert str(info.registered_model_version) == "1", info.registered_model_version
         accuracy = float((estimator.predict(x32) == y).mean())
         log(
