@@ -365,11 +365,28 @@ def _build(con: Any, dialect: Any, shape: _Shape, outputs: list[_Value], target:
             continue
         model = calls[column.call][1]  # type: ignore[index]
         produced = model.output_type if column.field is None else model.outputs[column.field].arrow_type
-        try:
-            pa.nulls(0, type=produced).cast(field.type)  # pa.array([]) would import pandas
-        except (pa.ArrowException, NotImplementedError):
+        if not _same_layout(produced, field.type):
             return None
     return BatchPlan(read_sql, target, tuple(columns), tuple(calls))
+
+
+def _same_layout(produced: pa.DataType, wanted: pa.DataType) -> bool:
+    """Equal but for the names Arrow gives list and map children (DuckDB: ``l``; pyarrow: ``item``).
+
+    Then ``Array.view`` relabels the model's array in place: no copy, and no ``pyarrow.compute``
+    import (``cast`` would cost both).
+    """
+    if produced == wanted:
+        return True
+    if produced.id != wanted.id or produced.num_fields != wanted.num_fields or not pa.types.is_nested(produced):
+        return False
+    if pa.types.is_struct(produced) and [f.name for f in produced] != [f.name for f in wanted]:  # type: ignore[attr-defined]
+        return False
+    return all(
+        _same_layout(produced.field(i).type, wanted.field(i).type)
+        and produced.field(i).nullable == wanted.field(i).nullable
+        for i in range(produced.num_fields)
+    )
 
 
 # -- running it -------------------------------------------------------------------------------
@@ -399,7 +416,7 @@ def _scorer(plan: BatchPlan, counters: dict[str, Callable[[int], None]]) -> Call
                     # flatten(), not field(): a NULL result row makes each of its fields NULL too.
                     fields[column.call] = results[column.call].flatten()  # type: ignore[index]
                 array = fields[column.call][column.field]  # type: ignore[index]
-            arrays.append(array if array.type == target.type else array.cast(target.type))
+            arrays.append(array if array.type == target.type else array.view(target.type))
         return pa.RecordBatch.from_arrays(arrays, schema=plan.schema)
 
     return score
