@@ -206,7 +206,7 @@ class _Shape:
 
     def value(self, node: exp.Expr, alias: str, env: _Env) -> _Value:
         kind = type(node)
-        if kind is exp.Column and isinstance(node.this, exp.Identifier):
+        if isinstance(node, exp.Column) and kind is exp.Column and isinstance(node.this, exp.Identifier):
             return self.path([p.name for p in node.parts], alias, env)
         if kind is exp.Dot and isinstance(node.expression, exp.Identifier):
             return self.field(self.value(node.this, alias, env), node.expression.name)
@@ -219,7 +219,7 @@ class _Shape:
                     raise _Unsupported("a STRUCT entry that is not name := value")
                 fields.append((item.this.name, self.value(item.expression, alias, env)))
             return _Pack(tuple(fields))
-        if kind is exp.Anonymous:
+        if isinstance(node, exp.Anonymous) and kind is exp.Anonymous:
             return self.call(node, alias, env)
         raise _Unsupported(kind.__name__)
 

@@ -25,6 +25,10 @@ seconds of this process (all threads), fastest of ``--repeat`` runs:
 - ``batch_serial``: as ``batch``, but read, scored and written one after the other in one thread
   (what a non-pipelined batch path costs).
 - ``batch_wide``: as ``batch``, one scorer thread whose session has one intra-op thread per core.
+- ``batch_copy``: as ``batch``, the scored stream written by a second DuckDB connection's ``COPY``
+  (DuckDB's Parquet writer, zstd, 131,072-row groups) instead of pyarrow's ``ParquetWriter``.
+- ``write_only``: pyarrow's ``ParquetWriter`` (as the job uses it) over the batch path's output
+  batches held in memory: the writer's own cost.
 
     python tests/bench/experiments.py --rows 1000000 --model gb [--threads 2 --ort-threads 1] [--variants job,copy]
 """
@@ -57,6 +61,8 @@ VARIANTS = (
     "batch_read",
     "batch_serial",
     "batch_wide",
+    "batch_copy",
+    "write_only",
 )
 
 
@@ -177,7 +183,21 @@ def _batch(variant: str, args: argparse.Namespace, engine, model, sql: str, targ
         wide = load_model(model.ref, default_threads(), model.null)  # counted: the job would build it too
         plan = batch.BatchPlan(plan.read_sql, plan.schema, plan.columns, tuple((f, wide, a) for f, _, a in plan.calls))
         workers = 1
-    if variant == "batch_read":
+    if variant == "write_only":
+        held = list(batch.scored_batches(engine.con, plan, 131_072, workers=workers))
+        started, cpu = time.perf_counter(), time.process_time()
+        rows = write_parquet(pa.RecordBatchReader.from_batches(plan.schema, iter(held)), target, {}).rows
+    elif variant == "batch_copy":
+        import duckdb
+
+        scored = batch.scored_batches(engine.con, plan, 131_072, workers=workers)
+        writer = duckdb.connect()
+        writer.register("scored", scored)
+        rows = writer.execute(
+            f"COPY scored TO '{target}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 131072)"
+        ).fetchone()[0]
+        writer.close()
+    elif variant == "batch_read":
         rows = sum(b.num_rows for b in engine.execute(plan.read_sql, 131_072))
     elif variant == "batch_serial":
         score = batch._scorer(plan, {})
