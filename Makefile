@@ -60,3 +60,15 @@ bench: setup
 
 clean:
 	rm -rf .scoring out data build dist *.egg-info
+
+# The images built and run for real with Podman (README "Run as a container job"): sets up
+# Podman and the stand-in base image first (docker/podman-setup.sh, idempotent), then builds
+# both images and runs the example job in them (tests/test_image.py; `make test` skips it).
+PODMAN_DIR ?= $(CURDIR)/.scoring/podman
+.PHONY: image-test
+image-test: setup
+	SCORING_PODMAN_DIR=$(PODMAN_DIR) docker/podman-setup.sh
+	@started=$$(date +%s); . $(PODMAN_DIR)/env; \
+	SCORING_IMAGE_TEST=required $(BIN)/pytest -q --timeout=2400 tests/test_image.py; rc=$$?; \
+	cat $(PODMAN_DIR)/image-figures.txt 2>/dev/null; \
+	echo "image-test: pytest $$(( $$(date +%s) - started )) s"; exit $$rc

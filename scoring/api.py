@@ -36,7 +36,7 @@ def attach(target: Any, pinned: Mapping[str, ModelRef], settings: Settings | Non
     else:
         from scoring.engines.spark import SparkEngine
 
-        engine = SparkEngine(spark=target, null=settings.null)
+        engine = SparkEngine(spark=target, null=settings.null, udf=settings.spark_udf)
         threads = 1
     for name, ref in pinned.items():
         engine.register_model(name, load_model(ref, threads, settings.null))
@@ -88,7 +88,7 @@ def enrich(
         models=dict(models),
         tables={k: str(v) for k, v in tables.items()},
         query=query,
-        output=Path(output),
+        output=str(output),
         dialect=dialect,
     )
     return run_job(spec, job_settings)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from scoring import __version__
 from scoring.errors import ConfigError, ExitCode, JobInterrupted, ScoringError, UsageError
+from scoring.redact import redact
 from scoring.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -37,30 +38,96 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
             raise UsageError(f"{flag} expects NAME=VALUE, got '{value}'")
         if name in pairs:
             raise UsageError(f"{flag} binds '{name}' twice")
+        same = next((bound for bound in pairs if bound.lower() == name.lower()), None)
+        if same is not None:  # SQL names are case-insensitive: both would be one name
+            raise UsageError(f"{flag} binds '{same}' and '{name}', which SQL reads as one name")
         pairs[name] = target
     return pairs
 
 
 def _help(field: str) -> str:
-    return str(Settings.model_fields[field].description)
+    """A setting's description, with its default and variable (the flag's own default is None,
+    so that a flag given wins over the job file and the environment, and one not given does not)."""
+    info = Settings.model_fields[field]
+    text = str(info.description)
+    if info.default is not None and "default:" not in text:
+        text += f" (default: {info.default})"
+    return f"{text} [SCORING_{field.upper()}]"
+
+
+_RUN_EXAMPLES = """\
+examples:
+  # what `make run` does: a T-SQL PREDICT query from a file
+  scoring run --dialect tsql --model bc=models:/bc@champion --table patients=data/patients.parquet \\
+    --sql sql/examples/breast_cancer.sql --output out/scored.parquet
+  # BigQuery's form, on Spark (the output is then a folder)
+  scoring run --engine spark --dialect bigquery --model bc=models:/bc/1 --table patients=data/patients.parquet \\
+    --query "SELECT * FROM ML.PREDICT(MODEL bc, TABLE patients)" --output out/scored/
+  # a plain call: arguments by position
+  scoring run --model churn=models:/churn/1 --table customers=data/customers.parquet \\
+    --query "SELECT customer_id, churn(plan, region, tenure, monthly_spend).label AS churned FROM customers" \\
+    --output out/churn.parquet
+  # a job file, with a flag over it
+  scoring run --job job.toml --model bc=models:/bc/2
+
+'scoring models inspect URI' prints a model's columns and a ready query for each SQL form.
+"""
+
+_INSPECT_EXAMPLES = """\
+examples:
+  scoring models inspect models:/bc@champion
+  scoring models inspect models:/bc/1 --name bc --table patients --json
+  scoring models inspect model.onnx
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help with the examples laid out as written and a wider column for the flags."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line on stderr (as every other error), exit 2."""
+    """argparse, but a bad command line is one line on stderr (as every other error), exit 2;
+    a JSON object when JSON logs are asked for (:class:`_JsonParser`)."""
+
+    json_errors = False
 
     def error(self, message: str) -> NoReturn:
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        text = f"{message} (see '{self.prog} --help')"
+        if self.json_errors:
+            _final_error(text, ExitCode.USAGE, "UsageError", True, prog=self.prog)
+            self.exit(ExitCode.USAGE)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {text}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also used to document the CLI)."""
-    parser = _Parser(prog="scoring", description="Score tables with registered ONNX models in SQL.")
+class _JsonParser(_Parser):
+    json_errors = True
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI); ``json_errors``: a bad command line
+    is reported as a JSON line."""
+    parser_class = _JsonParser if json_errors else _Parser
+    parser = parser_class(prog="scoring", description="Score tables with registered ONNX models in SQL.")
     parser.add_argument("--version", action="version", version=f"scoring {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=parser_class)
 
-    run = sub.add_parser("run", help="run a scoring query and write Parquet")
+    run = sub.add_parser(
+        "run",
+        help="run a scoring query and write Parquet",
+        description="Run one scoring query and publish its result atomically as Parquet. Flags win over "
+        "SCORING_* variables, which win over a --job file.",
+        epilog=_RUN_EXAMPLES,
+        formatter_class=_Formatter,
+    )
     run.add_argument("--engine", choices=["duckdb", "spark"], help=_help("engine"))
-    run.add_argument("--dialect", help="dialect the query is written in: duckdb, tsql, bigquery, spark, ...")
+    run.add_argument(
+        "--dialect",
+        help="dialect the query is written in: duckdb, tsql, bigquery, spark, ... (default: the engine's own) "
+        "[SCORING_DIALECT]",
+    )
     run.add_argument("--model", action="append", metavar="NAME=URI", help="bind a SQL model name to a registry URI")
     run.add_argument(
         "--table", action="append", metavar="NAME=PATH", help="bind a table name to Parquet (file, folder, glob)"
@@ -76,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     query = run.add_mutually_exclusive_group()
     query.add_argument("--query", help="the SQL query")
     query.add_argument("--sql", type=Path, metavar="FILE", help="a file holding the SQL query")
-    run.add_argument("--output", type=Path, help="Parquet file to publish atomically")
+    run.add_argument(
+        "--output",
+        metavar="PATH",
+        help="where to publish the result atomically (a path or a URI): a Parquet file on DuckDB, "
+        "a folder of Parquet files on Spark",
+    )
     run.add_argument("--mode", choices=["overwrite", "error"], help=_help("mode"))
     run.add_argument("--null", choices=["null", "nan", "error"], help=_help("null"))
     run.add_argument("--threads", type=int, help=_help("threads"))
@@ -85,10 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(run_parser=run)
 
     models = sub.add_parser("models", help="inspect models")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    inspect = models_sub.add_parser("inspect", help="show a model's inputs, outputs and column binding")
+    models_sub = models.add_subparsers(dest="models_command", required=True, parser_class=parser_class)
+    inspect = models_sub.add_parser(
+        "inspect",
+        help="show a model's columns, outputs and a ready query for each SQL form",
+        description="Show a model's input columns, its outputs (declared shapes, and the shapes it returns on "
+        "a few rows of zeros), and for each SQL form the columns it produces and a query to copy. Each "
+        "example query is compiled and run on those rows before it is printed.",
+        epilog=_INSPECT_EXAMPLES,
+        formatter_class=_Formatter,
+    )
     inspect.add_argument("uri", help="models:/name/version, models:/name@alias, runs:/..., or a .onnx path")
-    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.add_argument(
+        "--name", metavar="NAME", help="SQL name the examples bind the model to (default: its registered name)"
+    )
+    inspect.add_argument(
+        "--table", metavar="NAME", default="my_table", help="table name the examples read (default: my_table)"
+    )
+    inspect.add_argument("--json", action="store_true", help="print the whole description as JSON")
     _common(inspect)
     return parser
 
@@ -99,16 +185,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", default=None, help=_help("debug"))
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Every log line redacted (a URI's password, a token), traceback included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": self.formatTime(record),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": record.getMessage(),
-            }
-        )
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if record.exc_info:
+            entry["traceback"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -116,7 +210,7 @@ def _setup_logging(settings: Settings) -> None:
     if settings.log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("scoring")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
@@ -130,11 +224,15 @@ def _setup_logging(settings: Settings) -> None:
     quiet = logging.StreamHandler(sys.stderr)
     quiet.set_name("scoring-root")
     quiet.setLevel(logging.DEBUG if settings.debug else logging.CRITICAL + 1)
+    quiet.setFormatter(_RedactingFormatter())
     top = logging.getLogger()
     top.handlers[:] = [h for h in top.handlers if h.get_name() != "scoring-root"] + [quiet]
     # A log record that fails to format (its exception interrupted by a signal) is not worth a
     # traceback on stderr either.
     logging.raiseExceptions = settings.debug
+    # A library's warnings.warn() (numpy, urllib3, MLflow) becomes a log record of the root
+    # logger, shown only under --debug: never a raw line that breaks --log-format json.
+    logging.captureWarnings(True)
 
 
 class _StdoutClosed(Exception):
@@ -254,9 +352,11 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None =
         _emit(json.dumps(summary))
     else:
         for name, info in models.items():
-            _emit(
-                f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, {info['rows_scored']:,} rows scored"
+            # None: the engine cannot count them (Spark Connect has no accumulators).
+            scored = (
+                "rows scored not counted" if info["rows_scored"] is None else f"{info['rows_scored']:,} rows scored"
             )
+            _emit(f"model {name}: {info['pinned_uri']} sha256 {info['sha256'][:12]}, {scored}")
         _emit(
             f"wrote {result.rows:,} rows to {result.output} in {result.seconds:.2f} s "
             f"({result.rows_per_second:,.0f} rows/s)"
@@ -267,14 +367,65 @@ def _cmd_run(args: argparse.Namespace, settings: Settings, job: JobSpec | None =
 def _cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     from scoring.describe import describe_model, format_description
 
-    description = describe_model(args.uri, settings)
+    description = describe_model(args.uri, settings, name=args.name, table=args.table)
     _emit(json.dumps(description, indent=2) if args.json else format_description(description))
     return ExitCode.OK
 
 
+def _mlflow_environment(settings: Settings) -> None:
+    """MLflow's process-wide HTTP and logging variables, set here, in the CLI's own process only.
+
+    MLflow reads its timeouts and retries only from these variables (its defaults retry for
+    minutes, which turns an unreachable registry into a hung job instead of exit 5), and logs
+    through its own stderr handler unless told not to (its lines would bypass redaction and the
+    JSON log format). A library embedded in a host program leaves both to its host.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.registry_timeout))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+
+
+def _print_traceback() -> None:
+    """The current exception's traceback on stderr, redacted (--debug)."""
+    sys.stderr.write(redact(traceback.format_exc()))
+
+
+def _json_requested(argv: Sequence[str]) -> bool:
+    """JSON logs asked for by ``--log-format`` or the environment, read before the command line
+    and the settings are parsed, so that an error in either is reported on a JSON line too."""
+    chosen = os.environ.get("SCORING_LOG_FORMAT", "")
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            chosen = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            chosen = arg.partition("=")[2]
+    return chosen.strip().lower() == "json"
+
+
+def _final_error(
+    message: str, code: int, kind: str, as_json: bool, prefix: str = "error", prog: str = "scoring"
+) -> None:
+    """The one line on stderr that ends a failed command: text, or with JSON logs a JSON object
+    shaped like the log lines (log collectors that parse JSON lines would drop a text line)."""
+    if as_json:
+        record = {
+            "time": logging.Formatter().formatTime(logging.makeLogRecord({})),
+            "level": "error",
+            "logger": "scoring",
+            "message": f"{prog}: {prefix}: {message}",
+            "error": kind,
+            "exit_code": int(code),
+        }
+        print(json.dumps(record), file=sys.stderr)
+    else:
+        print(f"{prog}: {prefix}: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scoring`` command; returns the exit code."""
-    parser = build_parser()
+    as_json = _json_requested(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(json_errors=as_json)
     args = parser.parse_args(argv)
     if args.command == "run":
         _require_without_job(args)
@@ -297,7 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Flags over the job file's settings (load_settings puts both over the environment).
         settings = load_settings(**{**job_settings, **{k: v for k, v in flags.items() if v is not None}})
         debug = settings.debug
+        as_json = settings.log_format == "json"
         _setup_logging(settings)
+        _mlflow_environment(settings)
         signal.signal(signal.SIGTERM, _raise_on_signal)
         signal.signal(signal.SIGINT, _raise_on_signal)
         if args.command == "run":
@@ -305,18 +458,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_inspect(args, settings)
     except ScoringError as exc:
         if debug:
-            traceback.print_exc()
-        print(f"scoring: error: {exc}", file=sys.stderr)
+            _print_traceback()
+        _final_error(str(exc), exc.exit_code, type(exc).__name__, as_json)
         return exc.exit_code
     except _StdoutClosed:  # the reader went away (`| head`): nothing more to say to anyone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitCode.PIPE_CLOSED
     except Exception as exc:  # anything unplanned is a bug: say so, keep the trace for --debug
         if debug:
-            traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [""])[0]
-        print(
-            f"scoring: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)", file=sys.stderr
+            _print_traceback()
+        first = redact((str(exc).strip().splitlines() or [""])[0])
+        _final_error(
+            f"{type(exc).__name__}: {first} (rerun with --debug for details)",
+            ExitCode.INTERNAL,
+            "InternalError",
+            as_json,
+            prefix="internal error",
         )
         return ExitCode.INTERNAL
 

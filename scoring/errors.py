@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from scoring.redact import redact
+
 
 class ExitCode:
     """Process exit codes of the ``scoring`` command (documented in the README)."""
@@ -27,6 +29,7 @@ class ExitCode:
     INPUT_DATA = 9
     OUTPUT = 10
     ENGINE_UNAVAILABLE = 11
+    AUTHENTICATION = 12  # a registry or store refused the credentials: fix them, do not retry
     INTERRUPTED = 130
     PIPE_CLOSED = 141  # 128 + SIGPIPE: stdout was closed early (`scoring models inspect ... | head`)
     TERMINATED = 143
@@ -41,10 +44,17 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 
 
 class ScoringError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    Its message is redacted (:func:`scoring.redact.redact`) when the error is made, so a URI's
+    password or a token echoed by a server never reaches a log, a manifest or a traceback.
+    """
 
     exit_code: int = ExitCode.INTERNAL
     retryable: bool = False
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(ScoringError, ValueError):
@@ -76,6 +86,12 @@ class RegistryUnavailableError(RegistryError, ConnectionError):
     retryable = True
 
 
+class NotARegistryError(RegistryError):
+    """The tracking URI answers, but not as an MLflow registry (an HTML page, a login redirect)."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class ModelLoadError(ScoringError):
     """A model was found but cannot be used: wrong flavor, corrupt file, unsupported type."""
 
@@ -104,6 +120,10 @@ class QueryError(ScoringError):
     exit_code = ExitCode.QUERY
 
 
+class QueryRefusedError(QueryError, PermissionError):
+    """The query reaches outside what the job was given: a host file, a setting, Java reflection."""
+
+
 class InputDataError(ScoringError, LookupError):
     """An input table is missing or unreadable."""
 
@@ -114,6 +134,12 @@ class OutputError(ScoringError, OSError):
     """The result cannot be published at the requested path."""
 
     exit_code = ExitCode.OUTPUT
+
+
+class AuthenticationError(ScoringError, PermissionError):
+    """A registry or storage service refused the credentials (HTTP 401/403 or its error code)."""
+
+    exit_code = ExitCode.AUTHENTICATION
 
 
 class EngineUnavailableError(ScoringError, RuntimeError):

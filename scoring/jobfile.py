@@ -66,7 +66,7 @@ class OutputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path
+    path: str  # a path or a URI: Path() would fold s3:// and hdfs:// into s3:/ and hdfs:/
     compression: str | None = None
     mode: WriteMode | None = None
     partition_by: list[str] | None = None
@@ -80,6 +80,7 @@ class JobFile(BaseModel):
     engine: EngineName | None = None
     dialect: str | None = None
     null: NullPolicy | None = None
+    host_access: bool | None = None
     models: dict[str, str] = Field(default_factory=dict)
     tables: dict[str, str] = Field(default_factory=dict)
     query: str | None = None
@@ -92,7 +93,7 @@ class _OutputOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path | None = None
+    path: str | None = None
     compression: str | None = None
     mode: WriteMode | None = None
     partition_by: list[str] | None = None
@@ -294,6 +295,7 @@ def load_job(path: Path | None, flags: Mapping[str, Any] | None = None) -> tuple
         "engine": job.engine,
         "dialect": job.dialect,
         "null": job.null,
+        "host_access": job.host_access,
         "mode": job.output.mode,
         "compression": job.output.compression,
     }

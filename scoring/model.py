@@ -173,8 +173,14 @@ class Model:
             )
         return found
 
-    def bind(self, schema: pa.Schema, table: str) -> list[str]:
+    def bind(self, schema: pa.Schema, table: str, name: str | None = None) -> list[str]:
         """Pick the table columns that feed the model's arguments, by name.
+
+        Args:
+            schema: The table's columns.
+            table: The table's name, for messages.
+            name: What the query calls the model (its bound name), for messages; default: the
+                registered name (a local file's stem).
 
         Returns:
             The column names in argument order (as spelled in the table).
@@ -182,19 +188,36 @@ class Model:
         Raises:
             SchemaMismatchError: a column is missing or has a type that cannot feed its input.
         """
+        label = name or self.name
         by_lower = {f.name.lower(): f for f in schema}
         bound = []
         for arg in self.arguments:
             col = by_lower.get(arg.name.lower())
             if col is None:
                 raise SchemaMismatchError(
-                    f"model '{self.name}' needs column '{arg.name}' "
+                    f"model '{label}' needs column '{arg.name}' "
                     f"({types.onnx_element(arg.onnx_type)}) but table '{table}' has no such column"
                     + did_you_mean(arg.name, schema.names)
+                    + self._unnamed_columns(label)
                 )
             self.check_argument(arg, col.type, f"column '{col.name}' of table '{table}'")
             bound.append(col.name)
         return bound
+
+    def _unnamed_columns(self, label: str) -> str:
+        """For one [N, F] input whose columns no signature names: why the names look generated,
+        and the two ways out."""
+        if not self.matrix:
+            return ""
+        tensor = self.inputs[0]
+        generated = [f"{tensor.name}_{j}" for j in range(len(self.arguments))]
+        if [a.name for a in self.arguments] != generated:
+            return ""
+        return (
+            f". Its one input '{tensor.name}' is [N, {len(generated)}] and no MLflow signature names its columns, "
+            f"so PREDICT and ML.PREDICT look for {generated[0]} ... {generated[-1]}: log the model with a signature "
+            f"that names them, or call {label}(col, ...) in a plain query, which binds columns by position"
+        )
 
     def check_argument(self, arg: Argument, found: pa.DataType, what: str) -> None:
         """Raise if a value of Arrow type ``found`` cannot feed ``arg``."""
@@ -285,6 +308,8 @@ class Model:
 
         numpy would wrap them silently (3,000,000,000 -> -1,294,967,296 in int32): a wrong score.
         """
+        if values.dtype.kind == "f" and dtype.kind == "f" and values.dtype.itemsize > dtype.itemsize and len(values):
+            self._check_float_range(values, dtype, name)
         if values.dtype.kind in "iu" and dtype.kind in "iu" and not np.can_cast(values.dtype, dtype) and len(values):
             bounds = np.iinfo(dtype)
             low, high = values.min(), values.max()
@@ -294,6 +319,21 @@ class Model:
                     f"model '{self.name}' input '{name}' is {dtype.name}, but received {bad}, outside its range"
                 )
         return values
+
+    def _check_float_range(self, values: np.ndarray, dtype: np.dtype, name: str) -> None:
+        """A finite float64 beyond float32's range would be scored as inf (and numpy would print
+        its own overflow warning): refuse it, naming the input and the value. inf and NaN pass."""
+        limit = np.finfo(dtype).max
+        magnitudes = np.abs(values)
+        if magnitudes.max() <= limit:  # the usual case, one pass (NaN compares False: checked below)
+            return
+        over = (magnitudes > limit) & np.isfinite(magnitudes)
+        if over.any():
+            bad = values[over][0]
+            raise InputDataError(
+                f"model '{self.name}' input '{name}' is {dtype.name}, but received {float(bad)!r}, outside its range "
+                f"(largest {dtype.name}: {limit:.6g})"
+            )
 
     def _run(self, cols: list[pa.Array], n: int) -> pa.Array:
         if n == 0:

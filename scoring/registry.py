@@ -5,9 +5,11 @@ Accepted URIs: ``models:/name/version``, ``models:/name@alias``, ``models:/name/
 An alias or ``latest`` is resolved to a version here, once, so everything downstream
 (every DuckDB thread, every Spark executor) scores with the same version.
 
-Files land in a content-addressed cache (``<cache>/blobs/<sha256>.onnx``) written with
-an atomic rename, so two jobs sharing the cache never see a torn file. A pinned
-version already cached is used without downloading it again.
+Files land in a content-addressed cache (:mod:`scoring.blobs`: ``<cache>/blobs/<sha256>.onnx``,
+or ``<cache>/blobs/<sha256>/`` for a model with external data) written with an atomic rename,
+after they are checked, so two jobs sharing the cache never see a torn or foreign file. A
+pinned version already cached is used without downloading it again. MLflow's errors become
+ours by error code, HTTP status and exception class (:mod:`scoring.registry_errors`).
 """
 
 from __future__ import annotations
@@ -17,19 +19,20 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scoring.blobs import DEFAULT_MAX_BYTES, FILE_MODE, Store, make_folder
 from scoring.errors import (
     ConfigError,
     ModelLoadError,
     ModelNotFoundError,
-    RegistryUnavailableError,
     did_you_mean,
 )
+from scoring.redact import redact
+from scoring.registry_errors import translate
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +82,6 @@ class ModelRef:
         }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _require_database(uri: str) -> None:
     """Refuse a sqlite store whose file does not exist: MLflow would create an empty one there
     and report every model missing."""
@@ -122,7 +117,10 @@ def _read_mlmodel(folder: Path, uri: str) -> tuple[Path, dict[str, Any] | None]:
             f"model '{uri}' has flavors {sorted(flavors)}; only the 'onnx' flavor is loaded "
             "(log it with mlflow.onnx.log_model)"
         )
-    onnx_file = folder / str(flavors["onnx"].get("data", "model.onnx"))
+    named = str(flavors["onnx"].get("data", "model.onnx"))
+    onnx_file = (folder / named).resolve()
+    if Path(named).is_absolute() or not onnx_file.is_relative_to(folder.resolve()):
+        raise ModelLoadError(f"model '{uri}': MLmodel names ONNX file '{named}' outside the artifact folder; refused")
     if not onnx_file.is_file():
         raise ModelLoadError(f"model '{uri}': ONNX file {onnx_file.name} missing from the artifacts")
     signature = None
@@ -144,6 +142,7 @@ class Registry:
         cache_dir: Folder of the content-addressed cache.
         timeout: Seconds per HTTP request to a remote registry.
         retries: Retries per HTTP request.
+        max_bytes: Largest model accepted (ONNX file plus external data).
     """
 
     def __init__(
@@ -153,15 +152,19 @@ class Registry:
         registry_uri: str | None = None,
         timeout: int = 30,
         retries: int = 2,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.cache_dir = Path(cache_dir)
-        # MLflow reads these per request; its defaults retry for minutes, which turns an
-        # unreachable registry into a hung job instead of a retryable exit code.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        # MLflow reads its HTTP timeouts and retries from process-wide variables only; a library
+        # must not change those for its host, so the CLI sets them (scoring.cli) and an embedding
+        # program keeps its own. `timeout` bounds the one diagnostic request made here.
+        self.timeout = timeout
+        self.retries = retries
+        self.shown_uri = redact(self.registry_uri)
+        self.max_bytes = max_bytes
+        self.store = Store(self.cache_dir)
         self._client: Any = None
 
     # -- public -------------------------------------------------------------------------------
@@ -198,37 +201,14 @@ class Registry:
         return self._client
 
     def _call(self, what: str, fn: Any, *args: Any, missing: str | None = None) -> Any:
-        """``fn(*args)`` with MLflow's errors as ours; ``missing`` is the line for "not found"."""
+        """``fn(*args)`` with MLflow's errors as ours (:mod:`scoring.registry_errors`); ``missing``
+        is the line for "not found"."""
         from mlflow.exceptions import MlflowException
 
         try:
             return fn(*args)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-                raise ModelNotFoundError(missing or what) from None
-            if self._unreachable(exc):
-                raise RegistryUnavailableError(
-                    f"model registry at {self.registry_uri} is unreachable while looking up {what}"
-                ) from None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelNotFoundError(f"{what}: registry answered: {first}") from None
-        except OSError as exc:  # requests' ConnectionError is an OSError
-            raise RegistryUnavailableError(
-                f"model registry at {self.registry_uri} is unreachable ({type(exc).__name__})"
-            ) from None
-
-    def _unreachable(self, exc: Exception) -> bool:
-        text = str(exc)
-        markers = (
-            "Max retries exceeded",
-            "Connection refused",
-            "failed with exception",
-            "ConnectionError",
-            "Read timed out",
-            "NewConnectionError",
-            "Name or service",
-        )
-        return self.registry_uri.startswith(("http://", "https://")) and any(m in text for m in markers)
+        except (MlflowException, OSError) as exc:  # requests' ConnectionError is an OSError
+            raise translate(exc, what, self.registry_uri, missing, self.timeout) from None
 
     def _model_names(self) -> list[str]:
         try:
@@ -291,7 +271,7 @@ class Registry:
             return self._call(f"model '{name}'", self.client.get_registered_model, name)
         except ModelNotFoundError:
             raise ModelNotFoundError(
-                f"model '{name}' is not registered in {self.registry_uri}" + did_you_mean(name, self._model_names())
+                f"model '{name}' is not registered in {self.shown_uri}" + did_you_mean(name, self._model_names())
             ) from None
         except MlflowException:  # pragma: no cover - _call maps every MlflowException
             raise
@@ -314,17 +294,20 @@ class Registry:
             # the process-wide tracking URI, which in an embedding program is not the registry's.
             _require_database(self.tracking_uri)
             run = self._call(
-                f"run '{run_id}'", self.client.get_run, run_id, missing=f"run '{run_id}' not found in {self.tracking_uri}"
+                f"run '{run_id}'",
+                self.client.get_run,
+                run_id,
+                missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}",
             )
             location = f"{str(run.info.artifact_uri).rstrip('/')}/{path.strip('/')}"
             return self._download(uri, location, name, None, pinned, key=None)
         except ModelNotFoundError:
             # MLflow 3 logs a model as a LoggedModel of the run, not as run artifacts, and its own
             # fallback looks it up in the process-wide tracking URI: look it up here instead.
-            location = self._logged_model_location(run_id, path.rstrip("/"))
-            if location is None:
+            logged = self._logged_model_location(run_id, path.rstrip("/"))
+            if logged is None:
                 raise
-            return self._download(uri, location, name, None, pinned, key=None)
+            return self._download(uri, logged, name, None, pinned, key=None)
 
     def _logged_model_location(self, run_id: str, name: str) -> str | None:
         """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
@@ -332,7 +315,10 @@ class Registry:
             return None  # MLflow 2 logs a model as artifacts of its run, which the caller tried first
         _require_database(self.tracking_uri)
         run = self._call(
-            f"run '{run_id}'", self.client.get_run, run_id, missing=f"run '{run_id}' not found in {self.tracking_uri}"
+            f"run '{run_id}'",
+            self.client.get_run,
+            run_id,
+            missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}",
         )
         found = self._call(
             f"models logged by run '{run_id}'",
@@ -348,17 +334,16 @@ class Registry:
         if not path.exists():
             raise ModelNotFoundError(f"model file '{uri}' does not exist")
         signature = None
+        name = path.resolve().name if path.is_dir() else path.stem  # a model folder is named by itself
         if path.is_dir():
             path, signature = _read_mlmodel(path, uri)
-        name = path.stem if path.parent.name != path.stem else path.parent.name
-        sha = _sha256(path)
-        blob = self._store(path, sha)
+        sha, blob = self.store.put(path, uri, self.max_bytes)
         return ModelRef(uri, name, None, sha, blob, str(path.resolve()), signature)
 
     # -- cache ----------------------------------------------------------------------------------
 
     def _blob(self, sha: str) -> Path:
-        return self.cache_dir / "blobs" / f"{sha}.onnx"
+        return self.store.path(sha)
 
     def _ref_file(self, key: str) -> Path:
         return self.cache_dir / "refs" / f"{key}.json"
@@ -389,7 +374,7 @@ class Registry:
             from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
             artifact_uri = MlflowArtifactsRepository.resolve_uri(artifact_uri, self.tracking_uri)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.cache_dir)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as tmp:
             local = self._call(
                 f"artifacts of model '{pinned}'",
@@ -405,27 +390,16 @@ class Registry:
                 onnx_file, signature = local_path, None
             else:
                 raise ModelLoadError(f"model '{uri}': artifact {local_path.name} is not an ONNX model")
-            sha = _sha256(onnx_file)
-            blob = self._store(onnx_file, sha)
+            sha, blob = self.store.put(onnx_file, uri, self.max_bytes)
         if key is not None:
             self._write_ref(key, {"sha256": sha, "signature": signature, "pinned_uri": pinned})
         return ModelRef(uri, name, version, sha, blob, pinned, signature)
 
-    def _store(self, source: Path, sha: str) -> Path:
-        blob = self._blob(sha)
-        if blob.is_file():
-            return blob
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=".tmp-")
-        os.close(fd)
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, blob)  # atomic: readers see no file or the whole file
-        return blob
-
     def _write_ref(self, key: str, entry: dict[str, Any]) -> None:
         ref = self._ref_file(key)
-        ref.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(ref.parent)
         fd, tmp = tempfile.mkstemp(dir=ref.parent, prefix=".tmp-")
         with os.fdopen(fd, "w") as fh:
             json.dump(entry, fh)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, ref)

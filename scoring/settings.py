@@ -71,6 +71,24 @@ class Settings(BaseSettings):
     registry_timeout: int = Field(30, ge=1, description="Seconds before an HTTP request to the registry times out.")
     registry_retries: int = Field(2, ge=0, description="Retries of a failed HTTP request to the registry.")
     spark_master: str = Field("local[2]", description="Spark master URL for --engine spark.")
+    host_access: bool = Field(
+        False,
+        description="Let the job's SQL reach the host: DuckDB file functions, COPY and ATTACH, Spark "
+        "path tables and java_method. Only for trusted SQL (README: Security).",
+    )
+    model_max_bytes: int = Field(
+        4 << 30, ge=1, description="Largest model file (ONNX plus external data) accepted, in bytes."
+    )
+    spark_remote: str | None = Field(
+        None,
+        description="Spark Connect URL (sc://host:port) for --engine spark: run on that server instead of "
+        "starting Spark; rows scored are not counted there.",
+    )
+    spark_udf: Literal["auto", "arrow", "pandas"] = Field(
+        "auto",
+        description="Spark UDF kind of the models: 'auto' (Arrow UDF where pyspark has arrow_udf, 4.1+; "
+        "else iterator pandas UDF), 'arrow' or 'pandas'.",
+    )
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON.")
     debug: bool = Field(False, description="Show tracebacks on errors.")
 

@@ -140,3 +140,55 @@ def can_declare(output: pa.DataType, declared: pa.DataType) -> bool:
     if pa.types.is_nested(output) or pa.types.is_nested(declared):
         return False
     return is_numeric(output) and is_numeric(declared)
+
+
+# -- types declared in SQL (T-SQL PREDICT ... WITH (col type)) ---------------------------------
+# sqlglot type names -> Arrow, as T-SQL means them: BIT is a boolean, TINYINT is unsigned,
+# MONEY is a fixed-point decimal. FLOAT is resolved by :func:`declared_type` (its width
+# depends on the precision and, without one, on the dialect); text types are VARCHAR.
+_DECLARED: dict[str, pa.DataType] = {
+    "BIT": pa.bool_(),
+    "BOOLEAN": pa.bool_(),
+    "TINYINT": pa.int8(),
+    "UTINYINT": pa.uint8(),
+    "SMALLINT": pa.int16(),
+    "INT": pa.int32(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "MONEY": pa.decimal128(19, 4),
+    "SMALLMONEY": pa.decimal128(10, 4),
+}
+_TEXT = {"CHAR", "NCHAR", "VARCHAR", "NVARCHAR", "TEXT", "NAME", "STRING"}
+
+
+def declared_type(name: str, params: list[str], dialect: str) -> pa.DataType | None:
+    """Arrow type of a type declared in SQL (``name`` as sqlglot spells it, ``params`` its
+    arguments), or None when it has no mapping.
+
+    ``FLOAT(1..24)`` (and ``REAL``) is 32-bit, ``FLOAT(25..53)`` 64-bit; a bare ``FLOAT`` is
+    64-bit in T-SQL (``FLOAT(53)``, https://learn.microsoft.com/sql/t-sql/data-types/float-and-real-transact-sql)
+    and 32-bit elsewhere. ``DECIMAL`` without a precision is T-SQL's ``DECIMAL(18, 0)``.
+    """
+    name = name.upper()
+    if name == "FLOAT":
+        if params and params[0].isdigit():
+            return pa.float32() if int(params[0]) <= 24 else pa.float64()
+        return pa.float64() if dialect == "tsql" else pa.float32()
+    if name == "DECIMAL":
+        digits = [int(p) for p in params if p.isdigit()]
+        precision, scale = (digits + [18, 0][len(digits) :])[:2]
+        return pa.decimal128(precision, scale)
+    if name in _TEXT:
+        return pa.string()
+    return _DECLARED.get(name)
+
+
+def _decimal_sql(arrow_type: pa.DataType) -> str | None:
+    if pa.types.is_decimal(arrow_type):
+        return f"DECIMAL({arrow_type.precision}, {arrow_type.scale})"
+    return None
+
+
+def engine_type(arrow_type: pa.DataType, engine: str) -> str:
+    """Render a leaf Arrow type (decimals included) for ``engine`` (``duckdb`` or ``spark``)."""
+    return _decimal_sql(arrow_type) or (spark_type(arrow_type) if engine == "spark" else duckdb_type(arrow_type))

@@ -98,21 +98,27 @@ def test_interrupted_job_leaves_the_previous_result(registry, big_table, tmp_pat
 
 
 def test_a_folder_result_is_replaced_in_one_step(tmp_path):
-    """The Spark engine's publish: the new folder takes the old one's place by an atomic swap."""
-    from scoring.engines.spark import _exchange, _publish
+    """The folder publish (Spark's): the new folder takes the old one's place by an atomic swap."""
+    from scoring.publish import _exchange, publish_folder
 
-    output, new = tmp_path / "scored", tmp_path / ".scored.tmp-1"
-    for folder, text in ((output, "old"), (new, "new")):
-        folder.mkdir()
-        (folder / "part-0.parquet").write_text(text)
+    output = tmp_path / "scored"
+    output.mkdir()
+    (output / "part-0.parquet").write_text("old")
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.write_text("b")
-    assert _exchange(a, b) and a.is_file() and b.is_dir()  # renameat2 works on this file system
+    assert _exchange(str(a), str(b)) and a.is_file() and b.is_dir()  # renameat2 works on this file system
 
-    _publish(new, output, "overwrite")
+    def write(tmp: str) -> int:
+        Path(tmp).mkdir()
+        (Path(tmp) / "part-0.parquet").write_text("new")
+        return 1
+
+    assert publish_folder(str(output), write, {"engine": "test"}, "overwrite") == 1
 
     assert (output / "part-0.parquet").read_text() == "new"
+    manifest = json.loads((output / "_scoring.json").read_text())
+    assert manifest["files"] == ["part-0.parquet"] and manifest["status"] == "committed"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "scored"]  # nothing left beside it
 
 

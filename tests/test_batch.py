@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scoring.job import manifest_path
-from scoring.writer import read_metadata
+from scoring.publish import read_metadata
 from tests.engines import score
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -54,7 +55,7 @@ CASES = [
         "churn",
         "batch",
     ),
-    ("bigquery", "SELECT * FROM ML.PREDICT(MODEL gb, TABLE t)", "bigquery", "gb", "gb", "batch"),
+    ("bigquery", "SELECT * FROM ML.PREDICT(MODEL iris, TABLE flowers)", "bigquery", "iris", "iris", "batch"),
     (
         "zipmap",
         "SELECT p.output_label, p.output_probability FROM PREDICT(MODEL = 'iris', DATA = flowers AS d) AS p",
@@ -68,7 +69,7 @@ CASES = [
     ("filter", f"SELECT id, gb({GB_ARGS}) AS p FROM t WHERE id % 3 = 0", None, "gb", "gb", "udf"),
     (
         "bigquery-subquery",
-        "SELECT * FROM ML.PREDICT(MODEL gb, (SELECT * FROM t WHERE id < 100))",
+        "SELECT * FROM ML.PREDICT(MODEL gb, (SELECT id, f0, f1, f2, f3, f4, f5 FROM t WHERE id < 100))",
         "bigquery",
         "gb",
         "gb",
@@ -113,7 +114,7 @@ def _both(registry, settings, tmp_path, query, dialect, model, table, **override
             batch_scoring=setting,
             **overrides,
         )
-        manifest = json.loads(manifest_path(out).read_text())
+        manifest = json.loads(Path(manifest_path(out)).read_text())
         runs[setting] = (result_table, result, manifest, read_metadata(out))
     return runs
 
@@ -124,7 +125,9 @@ def _both(registry, settings, tmp_path, query, dialect, model, table, **override
 def test_batch_path_equals_udf_path(registry, settings, tmp_path, query, dialect, model, table, path):
     runs = _both(registry, settings, tmp_path, query, dialect, model, table)
     (auto, auto_result, auto_manifest, auto_meta), (udf, udf_result, udf_manifest, udf_meta) = runs["auto"], runs["off"]
-    assert auto_manifest["scoring_path"] == auto_meta["scoring_path"] == auto_result.scoring_path == path
+    assert (
+        auto_manifest["scoring_path"] == auto_meta["scoring_path"] == auto_result.engine_details["scoring_path"] == path
+    )
     assert udf_manifest["scoring_path"] == udf_meta["scoring_path"] == "udf"
     assert auto.schema == udf.schema  # names, order and types
     assert auto.equals(udf), "values differ between the batch and the UDF path"
@@ -145,7 +148,7 @@ def test_batch_path_matches_sklearn(registry, settings, tmp_path):
         dialect="tsql",
         row_group_rows=1024,  # several batches, so that the pipeline's ordering is exercised
     )
-    assert result.scoring_path == "batch"
+    assert result.engine_details["scoring_path"] == "batch"
     # d.* keeps the table's columns in order (the ground truth `label` among them), then the outputs
     assert table.column_names == [*case.frame.columns, "predicted", "probability"]
     assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_row_groups == 1  # 400 rows: one batch
@@ -194,7 +197,7 @@ def test_many_batches_keep_order_and_nulls(registry, settings, tmp_path, gb_larg
         del registry.tables["gb_large"], TABLES["gb_large"]
     auto, auto_result, _, _ = runs["auto"]
     udf, udf_result, _, _ = runs["off"]
-    assert auto_result.scoring_path == "batch"
+    assert auto_result.engine_details["scoring_path"] == "batch"
     assert auto.equals(udf)
     np.testing.assert_array_equal(auto.column("id").to_numpy(), np.arange(len(big)))
     labels = auto.column("p").combine_chunks().field("label")
@@ -224,5 +227,5 @@ def test_null_policy_error_is_the_same_error(registry, settings, tmp_path, gb_la
                 row_group_rows=1024,
             )
         assert not (tmp_path / f"{setting}.parquet").exists()
-        failed = json.loads(manifest_path(tmp_path / f"{setting}.parquet", failed=True).read_text())
+        failed = json.loads(Path(manifest_path(tmp_path / f"{setting}.parquet", failed=True)).read_text())
         assert failed["status"] == "failed" and failed["exit_code"] == NullInputError.exit_code

@@ -63,22 +63,21 @@ def test_function_call_binds_by_position(registry, settings, engine, tmp_path):
 
 
 def test_bigquery_ml_predict_returns_inputs_and_predictions(registry, settings, engine, tmp_path):
+    """Every input column, then one column per ONNX output named as the model names it."""
     case = registry.cases["gb"]
     table, _ = score(
         settings,
         engine,
-        "SELECT * FROM ML.PREDICT(MODEL gb, (SELECT * FROM t WHERE id < 100))",
+        "SELECT * FROM ML.PREDICT(MODEL gb, (SELECT id, f0, f1, f2, f3, f4, f5 FROM t WHERE id < 100))",
         {"gb": "models:/gb/1"},
         {"t": registry.tables["gb"]},
         tmp_path / "out",
         dialect="bigquery",
     )
     table = by_key(table, "id")
-    assert table.column_names == [*case.frame.columns, "predicted_label", "predicted_probability"]
-    expected = case.expected_label()[:100]
-    np.testing.assert_array_equal(table.column("predicted_label").to_numpy(), expected)
-    # the ground-truth column named like the output passes through untouched
-    np.testing.assert_array_equal(table.column("label").to_numpy(), case.frame["label"].to_numpy()[:100])
+    assert table.column_names == ["id", *case.features, "label", "probability"]
+    np.testing.assert_array_equal(table.column("label").to_numpy(), case.expected_label()[:100])
+    np.testing.assert_allclose(np.array(table.column("probability").to_pylist()), case.expected_proba()[:100], **TOL)
 
 
 def test_pipeline_with_string_columns_binds_by_name(registry, settings, engine, tmp_path):

@@ -115,7 +115,18 @@ def test_dockerfile_shape(dockerfile: list[Stage]) -> None:
     build, runtime = dockerfile
     assert build.base.startswith("python:3.11-slim") and runtime.base.startswith("python:3.11-slim")
     assert any("pip wheel" in run for run in build.all("RUN"))
-    assert any("from=build" in run and "pip install" in run for run in runtime.all("RUN"))
+    # The runtime stage takes the wheel from stage 1 and installs it last, after its dependencies.
+    assert any(copy.startswith("--from=build") and ".whl" in copy for copy in runtime.all("COPY"))
+    assert "pip install --no-cache-dir --no-deps" in runtime.all("RUN")[-1]
+    # pyspark only where ENGINES asks for Spark (the DuckDB image holds neither it nor Java).
+    spark = next(run for run in runtime.all("RUN") if "openjdk-17-jre-headless" in run)
+    assert "*,spark,*)" in spark and spark.index("*,spark,*)") < spark.index("spark.txt")
+    assert not any("pyspark" in run or "[spark]" in run for run in build.all("RUN"))
+    # No BuildKit frontend to fetch (air-gapped builders); no useradd --system above SYS_UID_MAX.
+    assert not (ROOT / "Dockerfile").read_text().startswith("# syntax=")
+    assert not any("useradd" in run and "--system" in run for run in runtime.all("RUN"))
+    # The model cache is a volume: the job runs on a read-only root file system.
+    assert json.loads(runtime.last("VOLUME")) == [runtime.env()["SCORING_HOME"]]
 
     # Java for Spark unless ENGINES leaves it out; tini as PID 1; a non-root user.
     installs = " ".join(runtime.all("RUN"))

@@ -225,7 +225,7 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch) -> None:
     assert spec.models == {"gb": "models:/gb@challenger", "extra": "models:/reg/1"}
     assert spec.tables == {"t": str(tmp_path / "t.parquet"), "u": "u.parquet"}
     assert spec.query == "SELECT 1"
-    assert spec.output == Path("env.parquet")
+    assert spec.output == "env.parquet"
     assert overrides == {"dialect": "tsql", "compression": "snappy"}  # mode is left to SCORING_MODE
 
 
@@ -238,7 +238,7 @@ def test_environment_alone_describes_a_job(monkeypatch) -> None:
     monkeypatch.setenv("SCORING_OUTPUT__COMPRESSION", "gzip")
     spec, overrides = load_job(None)
     assert spec.models == {"gb": "models:/gb/1"} and spec.tables == {"t": "/data/t.parquet"}
-    assert spec.query == "" and spec.output == Path("/data/o.parquet")
+    assert spec.query == "" and spec.output == "/data/o.parquet"
     assert overrides == {"mode": "error", "compression": "gzip"}  # a field variable adds to the JSON
 
 
@@ -249,7 +249,7 @@ def test_a_field_variable_wins_over_the_whole_output_variable(monkeypatch) -> No
     assert load_job(None)[1] == {"mode": "error"}
     monkeypatch.setenv("SCORING_OUTPUT", "/data/plain.parquet")
     spec, overrides = load_job(None)
-    assert spec.output == Path("/data/plain.parquet") and overrides == {"mode": "error"}
+    assert spec.output == "/data/plain.parquet" and overrides == {"mode": "error"}
 
 
 def test_without_job_file_the_variables_run_the_job(registry, cli_env, tmp_path, monkeypatch, capsys) -> None:
@@ -275,7 +275,7 @@ def test_nested_output_variables(monkeypatch) -> None:
     monkeypatch.setenv("SCORING_OUTPUT__PATH", "o.parquet")
     monkeypatch.setenv("SCORING_OUTPUT__MODE", "error")
     spec, overrides = load_job(None)
-    assert spec.output == Path("o.parquet") and overrides == {"mode": "error"}
+    assert spec.output == "o.parquet" and overrides == {"mode": "error"}
 
 
 @pytest.mark.parametrize(
@@ -345,4 +345,4 @@ def test_docker_example_job_file_is_valid() -> None:
     data = tomllib.loads((root / "docker" / "job.toml").read_text())
     job = JobFile.model_validate(data)
     assert job.models == {"bc": "models:/bc@champion"}
-    assert job.output.path.is_absolute()
+    assert job.output.path.startswith("/")

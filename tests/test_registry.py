@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from scoring.cli import main
 from scoring.errors import ScoringError
 from scoring.registry import Registry
 from tests.engines import score
+from tests.models import logged_name
 
 
 def test_models_from_a_real_mlflow_server(registry, settings, mlflow_server, tmp_path):
@@ -84,7 +86,7 @@ def test_inspect_shows_binding_and_types(registry, capsys, monkeypatch, tmp_path
     assert main(["models", "inspect", "models:/gb@champion", "--tracking-uri", registry.tracking_uri]) == 0
     text = capsys.readouterr().out
     assert "models:/gb/1" in text
-    assert "features: tensor(float) ['N', 6]" in text
+    assert "ONNX input 'features' tensor(float) [N, 6]" in text
     assert "1. f0 (float)" in text and "6. f5 (float)" in text
     assert 'STRUCT("label" BIGINT, "probability" FLOAT[])' in text
     assert main(["models", "inspect", "models:/churn/1", "--json", "--tracking-uri", registry.tracking_uri]) == 0
@@ -93,29 +95,14 @@ def test_inspect_shows_binding_and_types(registry, capsys, monkeypatch, tmp_path
     assert described["arguments"][0]["type"] == "string"
 
 
-def test_uris_named_in_queries_never_share_a_function(registry, tmp_path):
+def test_uris_named_in_queries_never_share_a_function():
     """'models:/a-b/1' and 'models:/a_b/1' both read as a_b in an identifier: each keeps its own."""
-    from scoring.cache import load_model
-    from scoring.engines.duckdb import DuckDBEngine
+    from scoring.sql.references import Reference
 
-    reg = Registry(registry.tracking_uri, tmp_path / "cache")
-    by_uri = {"models:/a-b/1": "models:/gb/1", "models:/a_b/1": "models:/gb/2"}
-    resolved: list[str] = []
-
-    def resolve(uri: str):
-        resolved.append(uri)
-        return load_model(reg.resolve(by_uri[uri]), 1)
-
-    engine = DuckDBEngine(resolve=resolve)
-    try:
-        first, first_model = engine.function("models:/a-b/1")
-        second, second_model = engine.function("models:/a_b/1")
-        again, again_model = engine.function("models:/a-b/1")
-    finally:
-        engine.close()
-    assert first != second and again == first and again_model is first_model
-    assert first_model.ref.version == "1" and second_model.ref.version == "2"
-    assert resolved == ["models:/a-b/1", "models:/a_b/1"]  # each URI loaded once
+    first = Reference("uri", "models:/a-b/1", "models:/a-b/1").function_name()
+    second = Reference("uri", "models:/a_b/1", "models:/a_b/1").function_name()
+    again = Reference("uri", "models:/a-b/1", "models:/a-b/1").function_name()
+    assert first != second and again == first
 
 
 def test_inspect_into_a_closed_pipe_exits_quietly(registry, tmp_path):
@@ -143,3 +130,45 @@ def test_a_separate_registry_needs_no_tracking_database(registry, tmp_path):
     """Registry and tracking stores apart: a tracking file not created yet is no reason to refuse."""
     reg = Registry(f"sqlite:///{tmp_path / 'tracking.db'}", tmp_path / "cache", registry_uri=registry.tracking_uri)
     assert reg.resolve("models:/gb@champion").pinned_uri == "models:/gb/1"
+
+
+def test_a_model_with_external_data_is_cached_whole_and_scores(registry, settings, tmp_path):
+    """mlflow.onnx.log_model's defaults put an MLP's weights in a separate <uuid> file beside
+    model.onnx: both are cached in one content-addressed folder and the model scores."""
+    import mlflow
+    import mlflow.onnx
+    from onnx import numpy_helper
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.neural_network import MLPRegressor
+
+    case = registry.cases["reg"]
+    x = case.frame[case.features].to_numpy(np.float32)
+    est = MLPRegressor(hidden_layer_sizes=(64,), max_iter=50, random_state=0).fit(x, case.estimator.predict(x))
+    onx = convert_sklearn(est, initial_types=[("input", FloatTensorType([None, 5]))], target_opset=17)
+    # Weights as raw bytes, as torch exports write them (skl2onnx writes float lists, which
+    # onnx never moves to external data).
+    for i, tensor in enumerate(list(onx.graph.initializer)):
+        onx.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(onx, **logged_name("model"))  # save_as_external_data=True by default
+    uri = f"runs:/{info.run_id}/model"
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "logged")))
+    external = [p for p in local.iterdir() if p.is_file() and p.name not in ("MLmodel", "model.onnx")]
+    external = [p for p in external if not p.name.endswith((".yaml", ".txt", ".json")) and "meta" not in p.name]
+    assert external, f"MLflow stored no external data: {sorted(p.name for p in local.iterdir())}"
+
+    table, result = score(
+        settings,
+        "duckdb",
+        f"SELECT mlp({', '.join(case.features)}) AS y FROM r",
+        {"mlp": uri},
+        {"r": registry.tables["reg"]},
+        tmp_path / "out",
+    )
+    ref = result.models["mlp"]
+    assert ref.pinned_uri == uri
+    assert ref.path.parent.name == ref.sha256  # blobs/<sha256>/model.onnx
+    assert {p.name for p in ref.path.parent.iterdir()} >= {"model.onnx", *(p.name for p in external)}
+    np.testing.assert_allclose(table.column("y").to_numpy(), est.predict(x), rtol=1e-4, atol=1e-4)

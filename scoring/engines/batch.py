@@ -500,7 +500,7 @@ def reader_for(engine: Any, sql: str, settings: Any, metadata: dict[str, Any]) -
     Records the path taken as ``metadata["scoring_path"]`` (``"batch"`` or ``"udf"``).
     """
     found = None if getattr(settings, "batch_scoring", "auto") == "off" else plan(engine.con, sql, engine.models)
-    metadata["scoring_path"] = UDF if found is None else BATCH
+    metadata["scoring_path"] = engine.scoring_path = UDF if found is None else BATCH
     if found is None:
         return None
     engine._udf_error = None

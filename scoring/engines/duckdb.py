@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 from sqlglot import exp
 
-from scoring import types
+from scoring import storage, types
 from scoring.engines import ModelCatalog, batch, check_sql_name, check_table_path
-from scoring.errors import InputDataError, QueryError, SchemaMismatchError, ScoringError
+from scoring.errors import InputDataError, QueryError, QueryRefusedError, SchemaMismatchError, ScoringError
 from scoring.model import Model, ScoringStats
+from scoring.publish import write_parquet
 from scoring.sql.dialects import read_dialect
-from scoring.writer import write_parquet
+
+log = logging.getLogger(__name__)
 
 # DuckDB never casts DOUBLE to FLOAT implicitly, so float inputs are declared DOUBLE
 # (any number casts to it) and narrowed to float32 when the batch reaches the model.
@@ -66,6 +68,7 @@ class DuckDBEngine(ModelCatalog):
         threads: DuckDB threads; default: DuckDB's own (all cores).
         resolve: Called with a registry URI named inside a query (``MODEL = 'models:/bc/2'``)
             to load that model on demand.
+        sandbox: Confine the SQL of an engine-owned connection to its bound tables (:meth:`seal`).
     """
 
     name = "duckdb"
@@ -76,8 +79,10 @@ class DuckDBEngine(ModelCatalog):
         con: duckdb.DuckDBPyConnection | None = None,
         threads: int | None = None,
         resolve: Callable[[str], Model] | None = None,
+        sandbox: bool = True,
     ) -> None:
         self.owned = con is None
+        self.sandbox = sandbox
         self.con = con if con is not None else duckdb.connect()
         if threads:
             self.con.execute("SET threads = ?", [threads])
@@ -86,6 +91,13 @@ class DuckDBEngine(ModelCatalog):
         self._resolve = resolve
         self._udf_error: ScoringError | None = None
         self._counters: dict[str, ScoringStats] = {}
+        self.scoring_path: str | None = None  # "batch" or "udf", once a query is published
+        self._sealed = False
+        self.tables: dict[str, Any] = {}
+        # Sealed before any table, model or query arrives: tables are Arrow datasets (pyarrow
+        # reads the files) and models Python functions, neither of which needs DuckDB's own
+        # file access, so no statement of the job ever runs unsealed.
+        self.seal()
 
     # -- registration -------------------------------------------------------------------------
 
@@ -107,8 +119,16 @@ class DuckDBEngine(ModelCatalog):
             [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(len(model.arguments))]
         )
         parameters = [duckdb.sqltype(_PARAMETER[types.onnx_element(a.onnx_type)]) for a in model.arguments]
-        if name in self.models:
-            self.con.remove_function(name)
+        if name in self.models or self._has_function(name):
+            # A notebook cell run twice, or a model promoted: the new model replaces the old one.
+            try:
+                self.con.remove_function(name)
+            except duckdb.Error:
+                raise SchemaMismatchError(
+                    f"model '{name}': a SQL function of that name that scoring did not register exists "
+                    "on this connection; bind the model under another name"
+                ) from None
+            log.info("model %s: replaced the SQL function of that name registered before", name)
         self.con.create_function(  # type: ignore[call-overload]  # stubs want enum members
             name,
             udf,
@@ -123,15 +143,42 @@ class DuckDBEngine(ModelCatalog):
         self.models[name] = model
         self._counters[name] = counter
 
+    def _has_function(self, name: str) -> bool:
+        rows = self.con.execute(
+            "SELECT 1 FROM duckdb_functions() WHERE lower(function_name) = lower(?) LIMIT 1", [name]
+        ).fetchall()
+        return bool(rows)
+
     def register_table(self, name: str, path: str) -> None:
-        """Expose Parquet at ``path`` (a file, a folder of files, or a glob) as a view."""
+        """Expose Parquet at ``path`` (a file, a folder of files, or a glob; local or on an object
+        store) as table ``name``.
+
+        The table is a pyarrow dataset registered on the connection: DuckDB pushes the columns
+        and filters of a query down into its scan, the files are read through pyarrow's
+        filesystems (S3, GCS, Azure without DuckDB's httpfs extension), and the scan needs no
+        file access of DuckDB's own, so it still works with ``enable_external_access = false``
+        (the engine's sandbox, :meth:`seal`).
+        """
         check_table_path(name, path)
-        source = Path(path)
-        pattern = str(source / "**" / "*.parquet") if source.is_dir() else path
         try:
-            self.con.read_parquet(pattern, hive_partitioning=source.is_dir()).create_view(name)
-        except duckdb.Error as exc:
-            raise InputDataError(f"table '{name}': cannot read Parquet at '{path}': {_first_line(exc)}") from None
+            dataset = storage.open_dataset(path)
+        except ScoringError as exc:
+            raise type(exc)(f"table '{name}': {exc}") from None
+        self.tables[name] = dataset  # the connection holds a reference only while this one lives
+        self.con.register(name, dataset)
+
+    def seal(self) -> None:
+        """Confine the job's SQL to its bound tables and models (engine-owned connections only).
+
+        After this, DuckDB opens no file, URL or extension of its own (``read_text``,
+        ``read_csv``, ``glob``, ``COPY``, ``ATTACH``, ``INSTALL``/``LOAD`` are refused) and no
+        ``SET`` can undo it. A connection handed in by an embedding program is the host's to
+        configure and is left alone. See the README's "Security" section.
+        """
+        if self.owned and self.sandbox and not self._sealed:
+            self.con.execute("SET enable_external_access = false")
+            self.con.execute("SET lock_configuration = true")
+            self._sealed = True
 
     # -- the SQL front's catalog ---------------------------------------------------------------
 
@@ -142,16 +189,40 @@ class DuckDBEngine(ModelCatalog):
             if isinstance(relation, exp.Subquery)
             else exp.select("*").from_(relation).sql(dialect=read_dialect("duckdb"))
         )
+        self.seal()  # idempotent; sealed at construction already
         try:
             return self.con.sql(sql).limit(0).to_arrow_table().schema
         except duckdb.Error as exc:
             raise _query_error(exc) from None
+
+    def run_statement(self, sql: str) -> None:
+        """Run a script statement that creates a temp view or table (the SQL front built it)."""
+        self._udf_error = None
+        try:
+            self.con.execute(sql)
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
+
+    def columns(self, sql: str) -> list[str]:
+        """Column names of a query as it returns them (repeats kept), without running it."""
+        try:
+            return list(self.con.sql(sql).columns)
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
+
+    def first_rows(self, sql: str, limit: int) -> list[tuple[Any, ...]]:
+        """At most ``limit`` rows of a small query, such as a model-table subquery."""
+        try:
+            return self.con.sql(sql).limit(limit).fetchall()
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
 
     # -- execution -----------------------------------------------------------------------------
 
     def execute(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:
         """Start ``sql`` and return a stream of Arrow record batches."""
         self._udf_error = None
+        self.seal()
         try:
             return _arrow_reader(self.con.sql(sql), batch_rows)
         except duckdb.Error as exc:
@@ -160,7 +231,7 @@ class DuckDBEngine(ModelCatalog):
     def publish(
         self,
         sql: str,
-        output: Path,
+        output: str,
         metadata: dict[str, Any],
         settings: Any,
         on_batch: Callable[[int], None] | None = None,
@@ -183,6 +254,10 @@ class DuckDBEngine(ModelCatalog):
                 raise
             raise translated from None
         return written.rows
+
+    def details(self) -> dict[str, Any]:
+        """What the run manifest records: which path scored the rows (scoring.engines.batch)."""
+        return {"scoring_path": self.scoring_path} if self.scoring_path else {}
 
     def rows_scored(self) -> dict[str, int]:
         """Rows each registered function has run through its model on this engine."""
@@ -236,6 +311,10 @@ class DuckDBEngine(ModelCatalog):
 
 def _query_error(exc: BaseException) -> ScoringError:
     message = _first_line(exc)
+    if isinstance(exc, duckdb.PermissionException):  # the sandbox of DuckDBEngine.seal
+        return QueryRefusedError(
+            f"query refused: it reaches outside the tables and models bound to the job ({message})"
+        )
     if isinstance(exc, duckdb.CatalogException) and "Table with name" in message:
         return InputDataError(message)
     return QueryError(message)

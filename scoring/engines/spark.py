@@ -1,6 +1,8 @@
-"""Spark engine: models as Arrow UDFs registered for Spark SQL, results as a Parquet folder.
+"""Spark engine: models as SQL functions (Arrow or pandas UDFs), results as a Parquet folder.
 
-Models reach executors through ``SparkContext.addFile`` (never a driver-local path);
+Works on classic sessions (pyspark 3.5, 4.0, 4.1+) and on Spark Connect sessions. The UDFs
+themselves live in :mod:`scoring.engines.spark_udfs`. Models reach executors through
+``SparkContext.addFile`` or, on Connect, the artifact API (never a driver-local path);
 each Python worker builds one onnxruntime session per model, kept by
 :mod:`scoring.cache`, and reuses it across tasks. The alias was resolved on the
 driver, so every executor scores the file with the pinned sha256. onnxruntime uses
@@ -11,9 +13,6 @@ oversubscribe the cores.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import json
 import logging
 import os
 import re
@@ -23,25 +22,24 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 from sqlglot import exp
 
-from scoring import types
+from scoring import publish, storage
 from scoring.engines import ModelCatalog, check_sql_name, check_table_path
+from scoring.engines.spark_udfs import ShippedModel, choose_kind, model_udf, require_pyspark
 from scoring.errors import (
     EngineUnavailableError,
     InputDataError,
+    ModelLoadError,
     OutputError,
     QueryError,
     ScoringError,
 )
 from scoring.model import Model
-from scoring.registry import ModelRef
 from scoring.sql.dialects import read_dialect
 
 MANIFEST = "_scoring.json"
@@ -93,14 +91,33 @@ def _jvm_output_to(log: Path | None) -> Iterator[None]:
             os.close(fd)
 
 
-def start_session(master: str, app_name: str = "scoring", jvm_log: Path | None = None) -> Any:
+def is_connect(spark: Any) -> bool:
+    """Whether ``spark`` is a Spark Connect session (a client without a JVM)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def shown_remote(remote: str) -> str:
+    """A Connect URL as it may be logged: its parameters (``;token=...``) left out."""
+    return remote.split(";", 1)[0].rstrip("/")
+
+
+def start_session(
+    master: str, app_name: str = "scoring", jvm_log: Path | None = None, remote: str | None = None
+) -> Any:
     """Start (or get) a SparkSession configured for scoring.
 
     Args:
-        master: Spark master URL.
+        master: Spark master URL (not used with ``remote``).
         app_name: Application name shown by the cluster manager.
         jvm_log: File that receives the JVM's own output (None: inherit stdout/stderr).
+        remote: A Spark Connect URL (``sc://host:port``): a client session, no local JVM.
+
+    Raises:
+        EngineUnavailableError: pyspark, Java or the Connect server is missing.
     """
+    require_pyspark()
+    if remote:
+        return _connect(remote, app_name)
     ensure_java()
     # Executors must run the interpreter that has this package and onnxruntime.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -130,45 +147,54 @@ def start_session(master: str, app_name: str = "scoring", jvm_log: Path | None =
     except Exception as exc:
         raise EngineUnavailableError(f"Spark could not start ({master}): {_first_line(exc)}") from None
     spark.sparkContext.setLogLevel("ERROR")
-    # PySpark logs every analysis error with its JVM stack trace as JSON on stderr; the job
-    # reports the error itself, in one line.
-    from pyspark.logger import PySparkLogger
-
-    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
-        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
+    _quiet_query_context_loggers()
     return spark
 
 
-class _ShippedModel:
-    """The picklable part of a model UDF: which file to fetch on the executor and how to load it."""
+def _connect(remote: str, app_name: str) -> Any:
+    from pyspark.sql import SparkSession
 
-    def __init__(self, ref: ModelRef, threads: int, null: str, file_name: str, rows: Any) -> None:
-        self.ref = replace(ref, path=Path(file_name))
-        self.threads = threads
-        self.null = null
-        self.file_name = file_name
-        self.rows = rows
+    if not hasattr(SparkSession.builder, "remote"):
+        import pyspark
 
-    def model(self) -> Model:
-        from pyspark import SparkFiles
+        raise EngineUnavailableError(f"pyspark {pyspark.__version__} has no Spark Connect client (3.4+)")
+    try:
+        spark = SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
+        spark.version  # noqa: B018  (the client connects lazily: reach the server now, not mid-job)
+    except ImportError:
+        raise EngineUnavailableError(
+            'the Spark Connect client needs its libraries: pip install "pyspark[connect]"'
+        ) from None
+    except Exception as exc:
+        raise EngineUnavailableError(
+            f"Spark Connect server {shown_remote(remote)} cannot be used: {_first_line(exc)}"
+        ) from None
+    _quiet_query_context_loggers()
+    return spark
 
-        from scoring.cache import load_model
 
-        local = replace(self.ref, path=Path(SparkFiles.get(self.file_name)))
-        return load_model(local, self.threads, self.null)  # type: ignore[arg-type]
-
-    def __call__(self, *columns: pa.Array) -> pa.Array:
-        return self.model().predict(columns, self.rows.add)
+def _quiet_query_context_loggers() -> None:
+    """PySpark 4 logs every analysis error with its JVM stack trace as JSON on stderr; the job
+    reports the error itself, in one line. PySpark 3.5 has no such logger."""
+    try:
+        from pyspark.logger import PySparkLogger
+    except ImportError:
+        return
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
 
 
 class SparkEngine(ModelCatalog):
-    """Run scoring queries on a SparkSession.
+    """Run scoring queries on a SparkSession, classic or Spark Connect.
 
     Args:
-        spark: The session to use (embedding), or None to start one on ``master``.
-        master: Spark master URL when the engine starts its own session.
+        spark: The session to use (embedding), or None to start one on ``master`` / ``remote``.
+        master: Spark master URL when the engine starts its own classic session.
         resolve: Loads a model named by URI inside a query.
         null: Null policy applied on the executors.
+        jvm_log: File for the JVM's own output when the engine starts a classic session.
+        remote: Spark Connect URL: the engine starts a Connect client session instead.
+        udf: UDF kind: ``auto`` (Arrow where pyspark has it, else pandas), ``arrow`` or ``pandas``.
     """
 
     name = "spark"
@@ -181,8 +207,15 @@ class SparkEngine(ModelCatalog):
         resolve: Callable[[str], Model] | None = None,
         null: str = "null",
         jvm_log: Path | None = None,
+        remote: str | None = None,
+        udf: str = "auto",
     ) -> None:
-        if spark is None:
+        require_pyspark()
+        self.udf_kind = choose_kind(udf)  # a bad setting fails before a session starts
+        if spark is None and remote:
+            self.owned = True
+            self.spark = start_session(master, remote=remote)
+        elif spark is None:
             from pyspark.sql import SparkSession
 
             spark = SparkSession.getActiveSession()
@@ -191,6 +224,7 @@ class SparkEngine(ModelCatalog):
         else:
             self.owned = False
             self.spark = spark
+        self.connect = is_connect(self.spark)
         self.models: dict[str, Model] = {}
         self.uri_functions: dict[str, str] = {}
         self.rows: dict[str, Any] = {}
@@ -198,32 +232,56 @@ class SparkEngine(ModelCatalog):
         self._null = null
         self._shipped: set[str] = set()
 
-    def register_model(self, name: str, model: Model) -> None:
-        """Register ``model`` as the Spark SQL function ``name`` (an Arrow UDF)."""
-        from pyspark.sql.functions import ArrowUDFType, arrow_udf
+    def details(self) -> dict[str, Any]:
+        """What the run manifest records about this engine: UDF kind and session kind."""
+        return {"spark_udf": self.udf_kind, "spark_session": "connect" if self.connect else "classic"}
 
+    def register_model(self, name: str, model: Model) -> None:
+        """Register ``model`` as the Spark SQL function ``name`` (an Arrow or pandas UDF)."""
         check_sql_name(name, "model")
-        sc = self.spark.sparkContext
-        file_name = f"{model.ref.sha256}.onnx"
-        if file_name not in self._shipped:
-            staged = Path(model.ref.path)
-            if staged.name != file_name:  # addFile ships by base name: make it content-addressed
-                staged = Path(tempfile.mkdtemp(prefix="scoring-")) / file_name
-                shutil.copyfile(model.ref.path, staged)
-            with contextlib.suppress(Exception):  # already added in this SparkContext
-                sc.addFile(str(staged))
-            self._shipped.add(file_name)
+        file_name = self._ship(model)
         threads = int(self.spark.conf.get("spark.task.cpus", "1") or 1)
-        rows = sc.accumulator(0)
-        shipped = _ShippedModel(model.ref, threads, self._null, file_name, rows)
-        with warnings.catch_warnings():  # the callable has no type hints to infer the UDF kind from
-            warnings.simplefilter("ignore", UserWarning)
-            udf = arrow_udf(shipped, types.spark_type(model.output_type), ArrowUDFType.SCALAR)
-        # Nondeterministic keeps Spark from duplicating the call per struct field or into a
-        # pushed-down filter: each row reaches the model once.
-        self.spark.udf.register(name, udf.asNondeterministic())
+        # Spark Connect has no accumulators: its rows are not counted (rows_scored says so).
+        rows = None if self.connect else self.spark.sparkContext.accumulator(0)
+        shipped = ShippedModel(model.ref, threads, self._null, file_name, rows)
+        self.spark.udf.register(name, model_udf(shipped, model.output_type, self.udf_kind))
         self.models[name] = model
         self.rows[name] = rows
+
+    def _ship(self, model: Model) -> str:
+        """Send the model file to the executors under its content address; return that name.
+
+        Classic sessions use ``SparkContext.addFile``, Connect sessions the artifact API
+        (``addArtifacts(..., file=True)``); both are found on executors by ``SparkFiles.get``.
+        """
+        file_name = f"{model.ref.sha256}.onnx"
+        if file_name in self._shipped:
+            return file_name
+        staged = Path(model.ref.path)
+        if staged.name != file_name:  # both APIs ship by base name: make it content-addressed
+            staged = Path(tempfile.mkdtemp(prefix="scoring-")) / file_name
+            shutil.copyfile(model.ref.path, staged)
+        try:
+            if self.connect:
+                self._add_artifact(staged)
+            elif not any(Path(f).name == file_name for f in _listed_files(self.spark.sparkContext)):
+                self.spark.sparkContext.addFile(str(staged))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model '{model.name}' cannot be shipped to the Spark executors: {_first_line(exc)}"
+            ) from None
+        self._shipped.add(file_name)
+        return file_name
+
+    def _add_artifact(self, path: Path) -> None:
+        from pyspark.errors import PySparkException
+
+        try:
+            self.spark.addArtifacts(str(path), file=True)
+        except PySparkException as exc:
+            # The name is the content's sha256: the same name already there is the same model.
+            if _condition(exc) != "ARTIFACT_ALREADY_EXISTS":
+                raise
 
     def register_table(self, name: str, path: str) -> None:
         """Expose Parquet at ``path`` (file, folder or glob) as a temporary view."""
@@ -248,6 +306,23 @@ class SparkEngine(ModelCatalog):
         except Exception as exc:
             raise _query_error(exc) from None
 
+    def run_statement(self, sql: str) -> None:
+        """Run a script statement that creates a temp view or cached table (the SQL front built it)."""
+        self.dataframe(sql)
+
+    def columns(self, sql: str) -> list[str]:
+        """Column names of a query as it returns them (repeats kept), from the analyzer."""
+        return list(self.dataframe(sql).columns)
+
+    def first_rows(self, sql: str, limit: int) -> list[tuple[Any, ...]]:
+        """At most ``limit`` rows of a small query, such as a model-table subquery."""
+        try:
+            return [tuple(row) for row in self.dataframe(sql).limit(limit).collect()]
+        except ScoringError:
+            raise
+        except Exception as exc:
+            raise _query_error(exc) from None
+
     def dataframe(self, sql: str) -> Any:
         """The DataFrame of a compiled query (analysis errors raised as typed errors)."""
         try:
@@ -258,22 +333,75 @@ class SparkEngine(ModelCatalog):
     def publish(
         self,
         sql: str,
-        output: Path,
+        output: str,
         metadata: dict[str, Any],
         settings: Any,
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
-        """Write the query's result as a Parquet folder published atomically at ``output``."""
-        return write_folder(self.dataframe(sql), output, metadata, settings.mode, settings.compression)
+        """Write the query's result as a Parquet folder published atomically at ``output``.
 
-    def rows_scored(self) -> dict[str, int]:
-        """Rows each registered model has scored, summed by Spark accumulators over all tasks."""
-        return {name: int(acc.value) for name, acc in self.rows.items()}
+        On Spark Connect the server writes the parts; the client then publishes them with the
+        same local rename swap, which needs ``output`` on a file system both can see (a local
+        server, a shared mount). Remote stores go through the storage commit protocol
+        (:mod:`scoring.publish`) once it takes a written folder.
+        """
+        df = self.dataframe(sql)
+        metadata = {**metadata, **self.details()}
+        with self._own_jobs() as cancel:
+            return write_folder(df, output, metadata, settings.mode, settings.compression, cancel=cancel)
+
+    @contextlib.contextmanager
+    def _own_jobs(self) -> Iterator[Callable[[], None]]:
+        """Run the block's Spark jobs under a job group (classic) or tag (Connect) of their own.
+
+        Yields the function that cancels exactly those jobs: a stopped or failed write must not
+        go on writing, and must not cancel the other jobs of a session it shares with its host.
+        """
+        tag = f"scoring-{uuid.uuid4().hex[:12]}"
+        if self.connect:
+            self.spark.addTag(tag)
+            try:
+                yield lambda: self.spark.interruptTag(tag)
+            finally:
+                self.spark.removeTag(tag)
+            return
+        sc = self.spark.sparkContext
+        keys = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+        previous = {key: sc.getLocalProperty(key) for key in keys}
+        sc.setJobGroup(tag, "scoring: write the result", interruptOnCancel=True)
+        try:
+            yield lambda: sc.cancelJobGroup(tag)
+        finally:
+            with contextlib.suppress(Exception):  # a stopped gateway: nothing left to restore
+                for key, value in previous.items():
+                    sc.setLocalProperty(key, value)
+
+    def rows_scored(self) -> dict[str, int | None]:
+        """Rows each registered model has scored, summed by Spark accumulators over all tasks.
+
+        None for every model on Spark Connect, which has no accumulators: not counted.
+        """
+        return {name: int(acc.value) if acc is not None else None for name, acc in self.rows.items()}
 
     def close(self) -> None:
         """Stop the session if the engine started it."""
         if self.owned:
             self.spark.stop()
+
+
+def _listed_files(sc: Any) -> list[str]:
+    """Files already added to ``sc`` (``SparkContext.listFiles``, pyspark 3.4+)."""
+    return list(getattr(sc, "listFiles", []) or [])
+
+
+def _condition(exc: BaseException) -> str | None:
+    """Spark's error condition (error class) of a pyspark exception, if it has one."""
+    for method in ("getCondition", "getErrorClass"):  # getCondition: 4.0+; getErrorClass: 3.4+
+        get = getattr(exc, method, None)
+        if get is not None:
+            with contextlib.suppress(Exception):
+                return get()  # type: ignore[no-any-return]
+    return None
 
 
 def _query_error(exc: BaseException) -> ScoringError:
@@ -299,78 +427,47 @@ def _scoring_error_in(exc: BaseException) -> ScoringError | None:
     return None
 
 
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
 def write_folder(
-    df: Any, output: Path, metadata: dict[str, Any], mode: str, compression: str, partition_by: list[str] | None = None
+    df: Any,
+    output: str,
+    metadata: dict[str, Any],
+    mode: str,
+    compression: str,
+    partition_by: list[str] | None = None,
+    cancel: Callable[[], None] | None = None,
 ) -> int:
-    """Write ``df`` as a Parquet folder, then publish it at ``output`` by renaming.
+    """Write ``df`` as a Parquet folder published at ``output`` by :func:`scoring.publish.publish_folder`.
 
-    The parts are written under a hidden temporary folder beside ``output``; the
-    manifest (``_scoring.json``, ignored by Parquet readers) carries the run metadata.
+    ``output`` is a path or a Hadoop URI (``hdfs://``, ``s3a://``, ``abfss://``, ``file://``), passed to
+    Hadoop unchanged; the publish goes through the session's Hadoop ``FileSystem``.
     Returns the number of rows, read from the Parquet footers (no second pass over data).
+    ``cancel`` stops the write's own Spark jobs when it fails or is stopped.
     """
-    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
+    spark = df.sparkSession
+    # A Spark Connect client has no JVM, so no Hadoop FileSystem: it publishes through pyarrow's
+    # filesystems (the commit protocol on object stores), which must see what the server wrote.
+    folders: publish.Folders = (
+        publish.ArrowFolders(output) if is_connect(spark) else publish.HadoopFolders(spark, output)
+    )
+    if mode == "error" and folders.exists(output):
+        raise OutputError(f"output '{storage.redact(output)}' already exists and the write mode is 'error'")
+    if folders.is_file(output):
+        raise OutputError(f"output '{storage.redact(output)}' is a file; expected the path of a folder")
+
+    def write(tmp: str) -> int:
         writer = df.write.mode("error").option("compression", compression)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         try:
-            writer.parquet(str(tmp))
+            writer.parquet(tmp)
         except BaseException as exc:
             # Stopped (SIGTERM) or failed: no task may go on writing into the folder removed below.
-            with contextlib.suppress(Exception):
-                df.sparkSession.sparkContext.cancelAllJobs()
+            if cancel is not None:
+                with contextlib.suppress(Exception):
+                    cancel()
             if not isinstance(exc, Exception) or isinstance(exc, ScoringError):
                 raise
             raise _scoring_error_in(exc) or QueryError(_first_line(exc)) from None
-        rows = ds.dataset(tmp, format="parquet", partitioning="hive" if partition_by else None).count_rows()
-        (tmp / MANIFEST).write_text(json.dumps({**metadata, "rows": rows}, indent=2))
-        _publish(tmp, output, mode)
-        return rows
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return int(spark.read.parquet(tmp).count())  # footers only
 
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
-
-    Returns False where the system or file system cannot (then nothing was changed).
-    """
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _publish(tmp: Path, output: Path, mode: str) -> None:
-    """Put the folder ``tmp`` at ``output``; an existing result is replaced in one step."""
-    try:
-        if not output.exists():
-            os.replace(tmp, output)
-            return
-        if mode == "error":
-            raise OutputError(f"output '{output}' appeared while the job ran and the write mode is 'error'")
-        if _exchange(tmp, output):  # readers see the old folder, then the new one; never neither
-            shutil.rmtree(tmp, ignore_errors=True)  # it holds the previous result now
-            return
-        # No atomic exchange here: two renames, with the previous result put back on any failure.
-        old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(output, old)
-        try:
-            os.replace(tmp, output)
-        except BaseException:
-            os.replace(old, output)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise OutputError(f"output '{output}' cannot be published: {exc.strerror or exc}") from None
+    return publish.publish_folder(output, write, metadata, mode, folders)

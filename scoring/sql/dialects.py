@@ -1,10 +1,19 @@
-"""Dialect extensions: Synapse/SQL Server ``PREDICT(...) WITH (...)`` as a table source.
+"""Dialect extensions: the PREDICT grammar, and the only module that touches sqlglot's parser.
 
 sqlglot parses BigQuery's ``ML.PREDICT(MODEL m, TABLE t)`` already (``exp.Predict``)
-but not T-SQL's ``PREDICT(MODEL = ..., DATA = t AS d, RUNTIME = ONNX) WITH (...) AS p``.
-:class:`PredictTable` is the node for the latter; the mixin below teaches a dialect's
-parser to read it wherever a table may appear, and its generator to write it back,
-so a query round-trips unchanged. The T-SQL, DuckDB and Spark dialects get it.
+but not T-SQL's ``PREDICT(MODEL = ..., DATA = t AS d, RUNTIME = ONNX) WITH (...) AS p``
+(Synapse, SQL Server), nor Fabric's scalar ``PREDICT('name/version', col, ...)``.
+
+:class:`PredictTable` is the node for the former; :class:`_PredictParser` reads it wherever
+a table may stand, and the generator writes it back, so a query round-trips unchanged.
+For the scalar form, the extended dialects drop ``PREDICT`` from ``FUNCTIONS`` (as
+sqlglot's own Snowflake dialect does), so it parses as a plain call with any number of
+arguments. The T-SQL, DuckDB and Spark dialects are extended; BigQuery needs nothing.
+
+Parser internals used (kept to these, so a range of sqlglot minors works): ``_parse_table``
+(overridden, then delegated), ``_curr``/``_next``/``_advance``/``_match``/``_match_r_paren``,
+``_parse_bitwise``, ``_parse_wrapped_csv``, ``_parse_field_def``, ``_parse_table_alias``,
+``_parse_var``, ``_index``/``_tokens`` (to tell REAL from FLOAT), ``raise_error`` and ``expression``.
 """
 
 from __future__ import annotations
@@ -21,25 +30,31 @@ from sqlglot.tokens import TokenType
 
 from scoring.errors import ConfigError, did_you_mean
 
+# sqlglot 30 split the node base into ``exp.Expr`` (every node) and ``exp.Expression``;
+# earlier minors only have ``exp.Expression``. Type hints and isinstance checks use this.
+Node: Any = getattr(exp, "Expr", exp.Expression)
+
 
 class PredictTable(exp.Expression):
     """``PREDICT(MODEL = m, DATA = t AS d, RUNTIME = ONNX) WITH (col type, ...) AS p``.
 
     Args (sqlglot ``arg_types``):
-        this: the model: a string literal (bound name or registry URI) or identifier.
-        data: the DATA source, a table or subquery, with its alias.
-        runtime: the RUNTIME value (only ONNX is accepted when rewriting).
+        this: the model: a string literal (bound name or registry URI), a ``@variable``,
+            a scalar subquery over a model table, or an identifier.
+        data: the DATA source, a table or subquery, with its alias if any.
+        runtime: the RUNTIME value (optional; only ONNX is accepted when rewriting).
+        parameters: the PARAMETERS value, kept so the rewrite can refuse it by name.
         columns: the WITH column definitions, or None for every output.
-        alias: the result alias (``p``).
+        alias: the result alias (``p``), with or without ``AS``.
     """
 
     arg_types = {
         "this": True,
         "data": True,
         "runtime": False,
+        "parameters": False,
         "columns": False,
         "alias": False,
-        "style": False,
     }
 
     @property
@@ -48,10 +63,13 @@ class PredictTable(exp.Expression):
         return alias.name if alias is not None else ""
 
 
+_KEYS = ("MODEL", "DATA", "RUNTIME", "PARAMETERS")
+
+
 class _PredictParser:
     """Parser mixin: ``PREDICT(`` in a table position starts a :class:`PredictTable`."""
 
-    def _parse_table(self, *args: Any, **kwargs: Any) -> exp.Expr | None:
+    def _parse_table(self, *args: Any, **kwargs: Any) -> Any:
         p: Any = self
         if (
             not kwargs.get("schema")
@@ -63,25 +81,25 @@ class _PredictParser:
             return self._parse_predict_table()
         return super()._parse_table(*args, **kwargs)  # type: ignore[misc]
 
-    def _parse_predict_table(self) -> exp.Expr:
+    def _parse_predict_table(self) -> Any:
         p: Any = self
         p._advance(2)
         found: dict[str, Any] = {}
         while True:
             key = p._curr.text.upper() if p._curr is not None else ""
-            if key not in ("MODEL", "DATA", "RUNTIME", "PARAMETERS"):
+            if key not in _KEYS:
                 p.raise_error(f"PREDICT expects MODEL =, DATA =, RUNTIME = arguments, found '{key or 'end'}'")
             p._advance()
             if not p._match(TokenType.EQ):
                 p.raise_error(f"PREDICT expects '=' after {key}")
             if key == "MODEL":
-                found["this"] = p._parse_primary() or p._parse_id_var(any_token=False)
+                found["this"] = p._parse_bitwise()
             elif key == "DATA":
                 found["data"] = p._parse_table()
             elif key == "RUNTIME":
                 found["runtime"] = p._parse_var(any_token=True)
             else:
-                found["parameters"] = p._parse_primary()
+                found["parameters"] = p._parse_bitwise()
             if not p._match(TokenType.COMMA):
                 break
         p._match_r_paren()
@@ -90,16 +108,29 @@ class _PredictParser:
                 p.raise_error(f"PREDICT needs {'MODEL' if required == 'this' else 'DATA'} =")
         columns = None
         if p._match(TokenType.WITH):
-            columns = p._parse_wrapped_csv(p._parse_field_def)
+            columns = p._parse_wrapped_csv(lambda: _column_def(p))
         alias = p._parse_table_alias()
-        found.pop("parameters", None)
         return p.expression(PredictTable(**found, columns=columns, alias=alias))
+
+
+def _column_def(p: Any) -> Any:
+    """One WITH column. ``REAL`` is kept apart from ``FLOAT`` as ``FLOAT(24)``, its own definition
+    in T-SQL (sqlglot reads both as FLOAT, and T-SQL's plain FLOAT is 64-bit)."""
+    start = p._index
+    column = p._parse_field_def()
+    tokens = p._tokens[start : p._index]
+    kind = column.args.get("kind") if column is not None else None
+    if kind is not None and len(tokens) > 1 and tokens[1].text.upper() == "REAL":
+        column.set("kind", exp.DataType.build("FLOAT(24)"))
+    return column
 
 
 def _predicttable_sql(self: Any, expression: PredictTable) -> str:
     args = [f"MODEL = {self.sql(expression, 'this')}", f"DATA = {self.sql(expression, 'data')}"]
     if expression.args.get("runtime") is not None:
         args.append(f"RUNTIME = {self.sql(expression, 'runtime')}")
+    if expression.args.get("parameters") is not None:
+        args.append(f"PARAMETERS = {self.sql(expression, 'parameters')}")
     sql = f"PREDICT({', '.join(args)})"
     columns = expression.args.get("columns")
     if columns:
@@ -109,7 +140,8 @@ def _predicttable_sql(self: Any, expression: PredictTable) -> str:
 
 
 def _with_predict(base: Any) -> type[Dialect]:
-    parser = type(f"{base.__name__}PredictParser", (_PredictParser, base.Parser), {})
+    functions = {k: v for k, v in base.Parser.FUNCTIONS.items() if k != "PREDICT"}
+    parser = type(f"{base.__name__}PredictParser", (_PredictParser, base.Parser), {"FUNCTIONS": functions})
     transforms = {**base.Generator.TRANSFORMS, PredictTable: _predicttable_sql}
     generator = type(f"{base.__name__}PredictGenerator", (base.Generator,), {"TRANSFORMS": transforms})
     return type(f"Scoring{base.__name__}", (base,), {"Parser": parser, "Generator": generator})

@@ -173,7 +173,7 @@ def run(variant: str, args: argparse.Namespace, source: Path, target: Path) -> t
 def _batch(variant: str, args: argparse.Namespace, engine, model, sql: str, target: Path) -> tuple[float, float, int]:
     from scoring.cache import default_threads, load_model
     from scoring.engines import batch
-    from scoring.writer import write_parquet
+    from scoring.publish import write_parquet
 
     workers = args.workers or default_threads()
     started, cpu = time.perf_counter(), time.process_time()
