@@ -85,13 +85,17 @@ LABEL org.opencontainers.image.title="scoring" \
 
 # Settings are SCORING_* variables (README "Settings"); override them with -e.
 # HOME is set rather than looked up: an arbitrary uid has no passwd entry.
-# A batch job in a cluster does not phone home: MLflow's telemetry is off.
+# A batch job in a cluster does not phone home: MLflow's and onnxruntime's telemetry are off.
+# onnxruntime (1.32) still keeps a device id in XDG_CACHE_HOME, and says so in a plain-text
+# line when it cannot: library caches go to the cache volume, writable on a read-only root.
 # No .pyc is written at run time (the root file system may be read-only); the installed
 # packages carry theirs, compiled at install.
 ENV HOME=/home/scoring \
+    XDG_CACHE_HOME=/var/lib/scoring/.cache \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MLFLOW_DISABLE_TELEMETRY=true \
+    ORT_TELEMETRY_DISABLED=1 \
     SCORING_HOME=/var/lib/scoring \
     SCORING_LOG_FORMAT=json
 

@@ -43,7 +43,7 @@ test: setup
 
 # Both ends of the supported range, each in its own venv (.venv-lower, .venv-latest): see .ci/matrix.
 test-matrix:
-	.ci/matrix lower latest
+	.ci/matrix lower latest sqlglot
 
 lint: setup
 	$(BIN)/ruff check scoring tests sql
@@ -67,8 +67,8 @@ clean:
 PODMAN_DIR ?= $(CURDIR)/.scoring/podman
 .PHONY: image-test
 image-test: setup
-	SCORING_PODMAN_DIR=$(PODMAN_DIR) docker/podman-setup.sh
+	IMAGE_TEST_DIR=$(PODMAN_DIR) docker/podman-setup.sh
 	@started=$$(date +%s); . $(PODMAN_DIR)/env; \
-	SCORING_IMAGE_TEST=required $(BIN)/pytest -q --timeout=2400 tests/test_image.py; rc=$$?; \
+	IMAGE_TEST=required $(BIN)/pytest -q --timeout=2400 --durations=0 tests/test_image.py; rc=$$?; \
 	cat $(PODMAN_DIR)/image-figures.txt 2>/dev/null; \
 	echo "image-test: pytest $$(( $$(date +%s) - started )) s"; exit $$rc

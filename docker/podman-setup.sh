@@ -3,7 +3,7 @@
 # without a Docker engine or a reachable container registry (what `make image-test` needs).
 #
 #   docker/podman-setup.sh            # idempotent: a second run takes seconds
-#   . .scoring/podman/env             # CONTAINERS_CONF, CONTAINERS_STORAGE_CONF, SCORING_PODMAN_* for podman
+#   . .scoring/podman/env             # CONTAINERS_CONF, CONTAINERS_STORAGE_CONF, IMAGE_TEST_* for podman
 #
 # Steps (each prints its time):
 #   1. tools:  apt-get install podman buildah runc debootstrap uidmap (skipped when present)
@@ -16,15 +16,15 @@
 #              `podman import` as localhost/python:3.11-slim-bookworm. debootstrap's tarball is
 #              cached, so a rerun after the image store was wiped takes seconds.
 #
-# Settings (environment): SCORING_PODMAN_DIR (scratch folder; default .scoring/podman in the
-# repository, git-ignored), DEBIAN_MIRROR (default http://deb.debian.org/debian), SCORING_VENV
+# Settings (environment): IMAGE_TEST_DIR (scratch folder; default .scoring/podman in the
+# repository, git-ignored), DEBIAN_MIRROR (default http://deb.debian.org/debian), IMAGE_TEST_VENV
 # (where to look for a built pyspark wheel's version; default .venv).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DIR="${SCORING_PODMAN_DIR:-$ROOT/.scoring/podman}"
+DIR="${IMAGE_TEST_DIR:-$ROOT/.scoring/podman}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-VENV="${SCORING_VENV:-$ROOT/.venv}"
+VENV="${IMAGE_TEST_VENV:-$ROOT/.venv}"
 BASE_IMAGE="localhost/python:3.11-slim-bookworm"
 # Bump when the debootstrap command below changes: the cached tarball is then rebuilt.
 DEBOOTSTRAP_REVISION=1
@@ -62,9 +62,9 @@ config() {
 # Written by docker/podman-setup.sh: source it before calling podman for this project.
 export CONTAINERS_CONF="$DIR/containers.conf"
 export CONTAINERS_STORAGE_CONF="$DIR/storage.conf"
-export SCORING_PODMAN_DIR="$DIR"
-export SCORING_PODMAN_BASE="$BASE_IMAGE"
-export SCORING_PODMAN_PIP="$DIR/pip"
+export IMAGE_TEST_DIR="$DIR"
+export IMAGE_TEST_BASE="$BASE_IMAGE"
+export IMAGE_TEST_PIP="$DIR/pip"
 EOF
   export CONTAINERS_CONF="$DIR/containers.conf" CONTAINERS_STORAGE_CONF="$DIR/storage.conf"
   podman info --format '{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}} {{.Host.CgroupManager}}' |

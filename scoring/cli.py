@@ -407,7 +407,9 @@ def _final_error(
     message: str, code: int, kind: str, as_json: bool, prefix: str = "error", prog: str = "scoring"
 ) -> None:
     """The one line on stderr that ends a failed command: text, or with JSON logs a JSON object
-    shaped like the log lines (log collectors that parse JSON lines would drop a text line)."""
+    shaped like the log lines (log collectors that parse JSON lines would drop a text line).
+    Redacted like every log line: a bad --model value may carry a registry password."""
+    message = redact(message)
     if as_json:
         record = {
             "time": logging.Formatter().formatTime(logging.makeLogRecord({})),

@@ -30,6 +30,7 @@ from scoring.redact import redact_data
 from scoring.settings import Settings
 from scoring.sql.compile import Catalog, compile_query
 from scoring.sql.dialects import PredictTable, read_dialect
+from scoring.sql.qualify import Names
 
 PROBE_ROWS = 3  # more than one, so an output of one value per batch cannot pass for one per row
 DEFAULT_TABLE = "my_table"
@@ -69,6 +70,7 @@ def describe_model(uri: str, settings: Settings, name: str | None = None, table:
         "inputs": [{"name": t.name, "type": t.onnx_type, "shape": _dims(t.shape)} for t in model.inputs],
         "arguments": _arguments(model),
         "outputs": [_output(o, model, returned) for o in model.outputs],
+        "probe_error": returned.get("error"),  # None when the model ran on the rows of zeros
         "returns": {"duckdb": types.duckdb_type(model.output_type), "spark": types.spark_type(model.output_type)},
         "sql_name": bound,
         "table": table,
@@ -203,9 +205,7 @@ def _sql_forms(model: Model, name: str, table: str) -> dict[str, Any]:
             "query": tsql.sql(dialect=read_dialect("tsql")),
         },
     }
-    inputs = {a.name.lower() for a in model.arguments}
-    for form in forms.values():
-        form.update(_run_example(model, name, table, form["query"], form["dialect"], inputs))
+    _run_examples(model, name, table, forms)
     return forms
 
 
@@ -215,13 +215,12 @@ def _zeros(onnx_type: str, model: Model) -> pa.Array:
     return pa.array([value] * PROBE_ROWS, type=row.arrow)
 
 
-def _run_example(model: Model, name: str, table: str, query: str, dialect: str, inputs: set[str]) -> dict[str, Any]:
-    """Compile and run ``query`` on DuckDB over PROBE_ROWS rows of zeros; report its columns.
-
-    ``added`` lists the columns that are not the table's own: what the model contributes.
-    """
+def _run_examples(model: Model, name: str, table: str, forms: dict[str, Any]) -> None:
+    """Compile and run each form's query on DuckDB over PROBE_ROWS rows of zeros, and add the
+    columns it returned (``added``: those that are not the table's own, what the model gives)."""
     from scoring.engines.duckdb import DuckDBEngine
 
+    inputs = {a.name.lower() for a in model.arguments}
     probe = pa.table({a.name: _zeros(a.onnx_type, model) for a in model.arguments})
     engine = DuckDBEngine(threads=1)
     try:
@@ -230,16 +229,23 @@ def _run_example(model: Model, name: str, table: str, query: str, dialect: str, 
             pq.write_table(probe, path)
             engine.register_table(table, str(path))
             engine.register_model(name, model)
-            try:
-                catalog = Catalog(models={name: model}, schema=engine.schema)
-                compiled = compile_query(query, dialect, engine.dialect, catalog)
-                schema = engine.execute(compiled, PROBE_ROWS).read_all().schema
-            except ScoringError as exc:
-                return {"error": str(exc)}
+            for form in forms.values():
+                # The job's catalog for one bound model and one bound table.
+                catalog = Catalog(models={name: model}, schema=engine.schema, names=Names.of_bindings({table: ""}))
+                try:
+                    compiled = compile_query(form["query"], form["dialect"], engine.dialect, catalog)
+                    schema = engine.execute(compiled, PROBE_ROWS).read_all().schema
+                except Exception as exc:  # an example that fails is reported with the rest
+                    translated = engine.translate(exc)
+                    if not isinstance(translated, ScoringError):
+                        raise  # a bug, not a fact about the model
+                    form["error"] = str(translated)
+                    continue
+                columns = [{"name": f.name, "duckdb_type": types.duckdb_type(f.type)} for f in schema]
+                form["columns"] = columns
+                form["added"] = [c for c in columns if c["name"].lower() not in inputs]
     finally:
         engine.close()
-    columns = [{"name": f.name, "duckdb_type": types.duckdb_type(f.type)} for f in schema]
-    return {"columns": columns, "added": [c for c in columns if c["name"].lower() not in inputs]}
 
 
 # -- text ------------------------------------------------------------------------------------------
@@ -286,7 +292,7 @@ def format_description(d: dict[str, Any]) -> str:
     lines += _inputs_header(d)
     for i, a in enumerate(d["arguments"], start=1):
         lines.append(f"  {i}. {a['column']} ({a['type']})" + (f" {_shape(a['shape'])}" if "shape" in a else ""))
-    lines.append("outputs:")
+    lines.append("outputs:" if d["probe_error"] is None else f"outputs ({d['probe_error']}):")
     for o in d["outputs"]:
         lines.append(
             f"  {o['name']}: {o['type']} declared {_shape(o['shape'])}{_shape_note(o)} -> {o['kind']}: "

@@ -167,7 +167,10 @@ def _write_manifest(spec: JobSpec, manifest: dict[str, Any], started: float) -> 
             publish.remove(manifest_path(spec.output, failed=True))
     except (OSError, ScoringError) as exc:  # the manifest must never hide the job's own outcome
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-        log.warning("run manifest %s not written: %s", storage.redact(path), storage.scrub(reason))
+        # After a failure the job's own error is the line that matters (a refused credential
+        # refuses the manifest too); after a success a missing record is worth a warning.
+        level = logging.DEBUG if failed else logging.WARNING
+        log.log(level, "run manifest %s not written: %s", storage.redact(path), storage.scrub(reason))
 
 
 def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | None, started: float) -> JobResult:
@@ -175,8 +178,8 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
     spark = settings.engine == "spark"
     if not (spark and storage.is_remote(output)):  # Hadoop's URIs are checked through the Spark session
         publish.check_target(output, settings.mode, folder=spark)
-    for what, names in (("model", spec.models), ("table", spec.tables)):
-        check_unique_names(what, names)
+    for what, bound in (("model", spec.models), ("table", spec.tables)):
+        check_unique_names(what, bound)
     for name in spec.models:
         check_sql_name(name, "model")
     for name, path in spec.tables.items():
@@ -216,13 +219,13 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
             engine.register_model(fn, model)
             engine.uri_functions[fn] = ref.written
             refs[ref.written] = model.ref
-            log.info("model %s -> %s (sha256 %s)", ref.written, model.ref.pinned_uri, model.ref.sha256[:12])
+            if ref.kind != "uri":  # a URI's pin is logged by the registry already: one line per model
+                log.info("model %s -> %s (sha256 %s)", ref.written, model.ref.pinned_uri, model.ref.sha256[:12])
             return fn, model
 
         catalog = sqlc.Catalog(models=dict(models), schema=engine.schema, names=names)
-        sql = compile_script(steps, catalog, engine, resolve_reference, dialect, engine.dialect)
-        if not settings.host_access:
-            check_sql(sql, engine.dialect)
+        sandboxed = None if settings.host_access else (lambda text: check_sql(text, engine.dialect))
+        sql = compile_script(steps, catalog, engine, resolve_reference, dialect, engine.dialect, sandboxed)
         log.debug("compiled SQL: %s", sql)
         metadata = run_metadata(spec, refs, engine.name, dialect, sql)
         rows = engine.publish(sql, output, metadata, settings, on_batch)
@@ -231,9 +234,20 @@ def _run(spec: JobSpec, settings: Settings, on_batch: Callable[[int], None] | No
         scored = {fn_names[fn]: count for fn, count in engine.rows_scored().items() if fn in fn_names}
         details = engine.details()
     finally:
+        _drop_created(engine, names)
         engine.close()
     seconds = time.perf_counter() - started
     return JobResult(output, rows, seconds, refs, scored, sql, details)
+
+
+def _drop_created(engine: Any, names: Names) -> None:
+    """Views and temp tables of the script: gone once the job ends (an embedding session stays)."""
+    for key, name in names.created.items():
+        kind = "table" if name.startswith("__scoring_tmp_") else "view"
+        try:
+            engine.run_statement(scripts.drop_sql(name, engine.dialect, kind))
+        except ScoringError as exc:  # never hide the job's own outcome
+            log.warning("could not drop %s of the script: %s", ".".join(key), exc)
 
 
 def _model_of_reference(
@@ -251,7 +265,7 @@ def _model_of_reference(
     try:
         return load_model(pinned, threads, settings.null)
     except ModelLoadError as exc:
-        raise ModelLoadError(f"model table '{ref.table}' ({ref.written}): {exc}") from None
+        raise ModelLoadError(f"model table '{ref.table}' {ref.written}: {exc}") from None
 
 
 def compile_script(
@@ -261,24 +275,27 @@ def compile_script(
     resolve_reference: Callable[[Reference], tuple[str, Model]],
     read: str,
     write: str,
+    check: Callable[[str], None] | None = None,
 ) -> str:
     """Compile and run the script's statements in order; return the SQL of the last one.
 
     Per statement: collect its model references, let ``resolve_reference`` pin and register
     the new ones, rewrite, then run it (a view or temp table later statements read). The
     last statement's SQL is returned to be published, its repeated column names renamed.
+    ``check`` (the sandbox) sees every compiled statement before an engine does.
     """
     for step in steps:
         tree = step.tree
-        for ref in sqlc.prepare(tree, catalog, step.variables, write):
+        for ref in sqlc.prepare(tree, catalog, step.variables, write, read):
             if ref.kind != "bound" and ref.key not in catalog.functions:
                 catalog.functions[ref.key] = resolve_reference(ref)
         tree = sqlc.rewrite(tree, catalog, read, write)
+        sql = sqlc.generate(tree, write)
+        if check is not None:
+            check(sql)
         if step.kind == "query":
-            renamed = deduplicated(engine.columns(sqlc.generate(tree, write)))
-            if renamed is not None:
-                tree = sqlc.column_aliases(tree, renamed)
-            return sqlc.generate(tree, write)
+            renamed = deduplicated(engine.columns(sql))
+            return sqlc.generate(sqlc.column_aliases(tree, renamed), write) if renamed is not None else sql
         target = catalog.names.create(step.target, temporary=step.kind == "table")
         engine.run_statement(scripts.creation_sql(step.kind, target, tree, write))
     raise AssertionError("a planned script ends with a query")  # scripts.plan guarantees it

@@ -454,6 +454,7 @@ class HadoopFolders:
     def rename(self, source: str, target: str) -> None:
         fs, src = self._path(source)
         _, dst = self._path(target)
+        fs.mkdirs(dst.getParent())  # Hadoop's rename fails, answering False, into a missing folder
         if not fs.rename(src, dst):  # Hadoop answers False rather than raising
             raise OSError(errno.EIO, "Hadoop FileSystem.rename returned false", storage.redact(target))
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scoring import storage
 from scoring.blobs import DEFAULT_MAX_BYTES, FILE_MODE, Store, make_folder
 from scoring.errors import (
     ConfigError,
@@ -37,6 +38,7 @@ from scoring.registry_errors import translate
 log = logging.getLogger(__name__)
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
+_REMOTE_FILES = frozenset({"s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https"})
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 
 
@@ -181,6 +183,8 @@ class Registry:
             return self._resolve_registered(uri, match["name"], match["version"], match["alias"])
         if match := _RUNS_URI.match(uri):
             return self._resolve_run(uri, match["run_id"], match["path"])
+        if storage.scheme(uri) in _REMOTE_FILES:
+            return self._resolve_remote_file(uri)
         if "://" in uri or uri.startswith(("models:", "runs:")):
             raise ModelNotFoundError(
                 f"model URI '{uri}' is not understood; expected models:/name/version, "
@@ -289,37 +293,34 @@ class Registry:
     def _resolve_run(self, uri: str, run_id: str, path: str) -> ModelRef:
         name = Path(path.rstrip("/")).name
         pinned = f"runs:/{run_id}/{path}"
+        run = self._get_run(run_id)
         try:
             # The run's own artifact location, not `runs:/`: MLflow 2 resolves that scheme against
             # the process-wide tracking URI, which in an embedding program is not the registry's.
-            _require_database(self.tracking_uri)
-            run = self._call(
-                f"run '{run_id}'",
-                self.client.get_run,
-                run_id,
-                missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}",
-            )
             location = f"{str(run.info.artifact_uri).rstrip('/')}/{path.strip('/')}"
             return self._download(uri, location, name, None, pinned, key=None)
         except ModelNotFoundError:
             # MLflow 3 logs a model as a LoggedModel of the run, not as run artifacts, and its own
             # fallback looks it up in the process-wide tracking URI: look it up here instead.
-            logged = self._logged_model_location(run_id, path.rstrip("/"))
+            logged = self._logged_model_location(run, path.rstrip("/"))
             if logged is None:
                 raise
             return self._download(uri, logged, name, None, pinned, key=None)
 
-    def _logged_model_location(self, run_id: str, name: str) -> str | None:
-        """Artifact location of the model named ``name`` that run ``run_id`` logged (MLflow 3)."""
-        if not hasattr(self.client, "search_logged_models"):
-            return None  # MLflow 2 logs a model as artifacts of its run, which the caller tried first
+    def _get_run(self, run_id: str) -> Any:
         _require_database(self.tracking_uri)
-        run = self._call(
+        return self._call(
             f"run '{run_id}'",
             self.client.get_run,
             run_id,
             missing=f"run '{run_id}' not found in {redact(self.tracking_uri)}",
         )
+
+    def _logged_model_location(self, run: Any, name: str) -> str | None:
+        """Artifact location of the model named ``name`` that ``run`` logged (MLflow 3)."""
+        if not hasattr(self.client, "search_logged_models"):
+            return None  # MLflow 2 logs a model as artifacts of its run, which the caller tried first
+        run_id = run.info.run_id
         found = self._call(
             f"models logged by run '{run_id}'",
             lambda: self.client.search_logged_models(
@@ -339,6 +340,17 @@ class Registry:
             path, signature = _read_mlmodel(path, uri)
         sha, blob = self.store.put(path, uri, self.max_bytes)
         return ModelRef(uri, name, None, sha, blob, str(path.resolve()), signature)
+
+    def _resolve_remote_file(self, uri: str) -> ModelRef:
+        """An ONNX file on an object store or web server: fetched, hashed, cached by content."""
+        shown = storage.redact(uri)
+        make_folder(self.cache_dir)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as tmp:
+            local = Path(tmp) / "model.onnx"
+            storage.download(uri, local, f"model '{shown}'")
+            sha, blob = self.store.put(local, shown, self.max_bytes)
+        name = shown.partition("?")[0].rstrip("/").rsplit("/", 1)[-1].removesuffix(".onnx") or "model"
+        return ModelRef(shown, name, None, sha, blob, shown, None)
 
     # -- cache ----------------------------------------------------------------------------------
 

@@ -37,29 +37,16 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pyarrow.fs as pafs
 
 from scoring.errors import AuthenticationError, ConfigError, ScoringError
+from scoring.redact import redact as _redact
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
-# user:password@ (a secret may hold '/', which users do not escape), or any user@ on http(s);
-# abfs://container@account is a container name, not a credential.
-_USERINFO = re.compile(r"(?P<head>(?:^|(?<=[\s'\"(=]))[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@\s'\"]*:[^@\s'\"]*@)")
-_HTTP_USER = re.compile(r"(?P<head>\bhttps?://)(?P<userinfo>[^/@\s'\"]+@)")
-_SECRET_QUERY = re.compile(r"(?i)([?&;](?:[^=&;]*(?:secret|key|token|sig|password|credential)[^=&;]*)=)([^&;#]*)")
 GLOB_CHARS = "*?["
 MANIFEST = "_scoring.json"  # a published folder's manifest, and its commit marker (scoring.publish)
 
-# What the Spark engine hands to Hadoop as is; none has a pyarrow filesystem in the wheel.
-HADOOP_SCHEMES = frozenset({"hdfs", "s3a", "s3n", "abfss", "wasb", "wasbs", "viewfs", "adl", "gs", "file"})
+# Read by Hadoop alone (the Spark engine, which passes every URI to Hadoop unchanged): none has a
+# pyarrow filesystem in the wheel.
 _HADOOP_ONLY = frozenset({"hdfs", "s3n", "wasb", "wasbs", "viewfs", "adl"})
 _AZURE = frozenset({"az", "abfs", "abfss"})
-# Environment variables whose values must never appear in output (checked by value, in :func:`scrub`).
-_SECRET_ENV = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "AZURE_CLIENT_SECRET",
-)
 
 
 def scheme(uri: str) -> str:
@@ -83,31 +70,12 @@ def has_glob(path: str) -> bool:
     return any(ch in path for ch in GLOB_CHARS)
 
 
-def redact(text: str) -> str:
-    """``text`` with the user info of a URI and secret-looking query values replaced by ``***``."""
-    text = _USERINFO.sub(lambda m: f"{m['head']}***@", text)
-    text = _HTTP_USER.sub(lambda m: f"{m['head']}***@", text)
-    return _SECRET_QUERY.sub(lambda m: f"{m[1]}***", text)
-
-
-def scrub(text: str) -> str:
-    """:func:`redact`, plus every credential value of the environment replaced by ``***``.
-
-    Library errors can quote a request (a SAS token in a URL, a key in a connection string);
-    matching the values themselves is the one check that does not depend on their wording.
-    """
-    text = redact(text)
-    for secret in _secret_values():
-        text = text.replace(secret, "***")
-    return text
-
-
-def _secret_values() -> list[str]:
-    values = [os.environ.get(name, "") for name in _SECRET_ENV]
-    parts = _connection_string()
-    values += [parts.get("accountkey", ""), parts.get("sharedaccesssignature", "")]
-    # Short values would blank out ordinary words; real keys and tokens are long.
-    return sorted({v for v in values if len(v) >= 8}, key=len, reverse=True)
+# user:password@ where the password holds an unescaped '/' (AWS secret keys often do), which
+# scoring.redact's rule, ending the user info at the first '/', would leave in place.
+# One rule for every secret the package might print or store: scoring.redact (it also blanks the
+# values of the credential variables below, wherever a library error quotes them).
+redact = _redact
+scrub = _redact
 
 
 @dataclass(frozen=True)
@@ -460,3 +428,51 @@ def open_dataset(uri: str) -> Any:
     except Exception as exc:  # pyarrow.ArrowInvalid: a corrupt footer or clashing schemas
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputDataError(f"'{location.display}' cannot be read as Parquet: {scrub(first)}") from None
+
+
+# -- single files (models) ----------------------------------------------------------------------
+
+
+def download(uri: str, target: Any, what: str, timeout: float = 60) -> None:
+    """Copy the file at ``uri`` (object store, ``http(s)://``) to the local path ``target``.
+
+    Raises:
+        ModelNotFoundError: nothing is there.
+        AuthenticationError: the store or server refused the credentials.
+        RegistryUnavailableError: the server cannot be reached (retryable).
+    """
+    from scoring.errors import ModelNotFoundError, RegistryUnavailableError
+
+    if scheme(uri) in ("http", "https"):
+        import shutil
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri, timeout=timeout) as response, open(target, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise AuthenticationError(f"{what}: the server refused the request (HTTP {exc.code})") from None
+            if exc.code == 404:
+                raise ModelNotFoundError(f"{what}: no file there (HTTP 404)") from None
+            raise RegistryUnavailableError(f"{what}: the server answered HTTP {exc.code}") from None
+        except OSError as exc:  # refused connection, timeout, TLS failure
+            reason = getattr(exc, "reason", None) or exc
+            raise RegistryUnavailableError(f"{what}: cannot be fetched ({scrub(str(reason))})") from None
+        return
+    location = locate(uri)
+    try:
+        found = location.info().type == pafs.FileType.File
+    except AuthenticationError:
+        raise
+    except ScoringError as exc:
+        raise RegistryUnavailableError(f"{what}: {exc}") from None
+    if not found:
+        raise ModelNotFoundError(f"{what}: no file at '{location.display}'")
+    try:
+        with location.fs.open_input_stream(location.path) as source, open(target, "wb") as out:
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+    except OSError as exc:
+        raise store_error(exc, location, "cannot be read", RegistryUnavailableError) from None

@@ -157,3 +157,24 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     )
     yield Azurite(connection, proc)
     stop(proc)
+
+
+def start_mlflow(root: Path, artifacts: list[str], env: dict[str, str]) -> tuple[str, subprocess.Popen]:
+    """A real ``mlflow server`` on a free loopback port with the given artifact options."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--workers", "1", *artifacts]  # fmt: skip
+    log = root / "server.log"
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240  # a loaded 2-core machine
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            return url, proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {log.read_text()[-2000:]}") from None
+            time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError("mlflow server did not become healthy in 240 s")

@@ -77,7 +77,27 @@ def test_text_logs_keep_the_plain_error_line(capsys, monkeypatch):
     assert _last_line(capsys.readouterr().err).startswith("scoring: error: model file '/no/such/model.onnx'")
 
 
-def test_a_job_logs_one_line_per_model(registry, tmp_path):
+@pytest.mark.parametrize(
+    ("models", "query", "dialect", "needle", "pinned"),
+    [
+        (
+            {"gb": "models:/gb@champion"},
+            "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS y FROM t",
+            None,
+            "models:/gb",
+            "models:/gb@champion pinned to models:/gb/1",
+        ),
+        (  # a model named inside the query
+            {},
+            "SELECT d.id, p.label FROM PREDICT(MODEL = 'models:/gb/2', DATA = t AS d, RUNTIME = ONNX) "
+            "WITH (label BIGINT) AS p",
+            "tsql",
+            "models:/gb/2",
+            "models:/gb/2 pinned to models:/gb/2",
+        ),
+    ],
+)
+def test_a_job_logs_one_line_per_model(registry, tmp_path, models, query, dialect, needle, pinned):
     from scoring.job import JobSpec, run_job
     from scoring.settings import Settings
 
@@ -91,10 +111,11 @@ def test_a_job_logs_one_line_per_model(registry, tmp_path):
 
     settings = Settings(home=registry.home, tracking_uri=registry.tracking_uri, cache_dir=tmp_path / "cache")
     spec = JobSpec(
-        models={"gb": "models:/gb@champion"},
+        models=models,
         tables={"t": str(registry.tables["gb"])},
-        query="SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS y FROM t",
-        output=tmp_path / "out.parquet",
+        query=query,
+        output=str(tmp_path / "out.parquet"),
+        dialect=dialect,
     )
     logger = logging.getLogger("scoring")
     collect, level = Collect(), logger.level
@@ -105,9 +126,9 @@ def test_a_job_logs_one_line_per_model(registry, tmp_path):
     finally:
         logger.removeHandler(collect)
         logger.setLevel(level)
-    lines = [m for m in collect.messages if "models:/gb" in m]
+    lines = [m for m in collect.messages if needle in m]
     assert len(lines) == 1, lines
-    assert "models:/gb@champion pinned to models:/gb/1" in lines[0] and "sha256" in lines[0]
+    assert pinned in lines[0] and "sha256" in lines[0]
 
 
 def test_unnamed_matrix_input_in_ml_predict_names_the_bound_model_and_the_ways_out(tmp_path, capsys, monkeypatch):
@@ -145,3 +166,14 @@ def test_unnamed_matrix_input_in_ml_predict_names_the_bound_model_and_the_ways_o
     assert "bc_v1" not in line
     assert "no MLflow signature names its columns" in line and "features_0 ... features_5" in line
     assert "call bc(col, ...) in a plain query, which binds columns by position" in line
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_the_final_error_line_is_redacted(capsys, monkeypatch, tmp_path, log_format):
+    monkeypatch.setenv("SCORING_LOG_FORMAT", log_format)
+    argv = ["run", "--model", "bc:https://user:s3cret@mlflow.example/x", "--query", "SELECT 1"]
+    assert main([*argv, "--output", str(tmp_path / "o.parquet")]) == ExitCode.USAGE
+    line = _last_line(capsys.readouterr().err)
+    assert "--model expects NAME=VALUE" in line and "s3cret" not in line
+    if log_format == "json":
+        assert json.loads(line)["error"] == "UsageError"

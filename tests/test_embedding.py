@@ -43,7 +43,7 @@ def test_register_on_a_spark_session(registry, settings, spark_ready):
 def test_enrich_writes_parquet_like_the_cli(registry, tmp_path):
     out = tmp_path / "enriched.parquet"
     result = scoring.enrich(
-        "SELECT * FROM ML.PREDICT(MODEL gb, TABLE t)",
+        "SELECT * FROM ML.PREDICT(MODEL gb, (SELECT id, f0, f1, f2, f3, f4, f5 FROM t))",
         models={"gb": "models:/gb@champion"},
         tables={"t": registry.tables["gb"]},
         output=out,

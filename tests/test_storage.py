@@ -254,9 +254,6 @@ def test_secrets_are_redacted():
     assert storage.redact("s3://AKIA:" + SECRET + "@lake/x") == "s3://***@lake/x"
     assert storage.redact("abfs://c/x?sig=abc&sv=1") == "abfs://c/x?sig=***&sv=1"
     assert (
-        storage.redact("abfs://container@acct.dfs.core.windows.net/x") == "abfs://container@acct.dfs.core.windows.net/x"
-    )
-    assert (
         storage.redact("at 'http://user:pw@127.0.0.1:5000' and https://tok@h/x")
         == "at 'http://***@127.0.0.1:5000' and https://***@h/x"
     )
@@ -265,3 +262,62 @@ def test_secrets_are_redacted():
         assert storage.scrub(f"request signed with {SECRET}") == "request signed with ***"
     finally:
         del os.environ["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_azure_blob_on_azurite_table_to_output_and_a_refused_key(registry, azurite, run_cli, monkeypatch):
+    """pyarrow's AzureFileSystem against Microsoft's emulator, configured by a connection string."""
+    from scoring import storage
+
+    for name in [n for n in os.environ if n.startswith("AZURE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    source = storage.locate("az://lake/in/gb.parquet")
+    source.fs.create_dir("lake")
+    pq.write_table(pq.read_table(registry.tables["gb"]), source.path, filesystem=source.fs)
+    argv = ("--model", "gb=models:/gb/1", "--query", GB_QUERY, "--output", "az://lake/out/scored.parquet")
+    code, err = run_cli("--table", "t=abfs://lake/in/gb.parquet", *argv)
+    assert code == ExitCode.OK, err
+    out = storage.locate("az://lake/out/scored.parquet")
+    result = pq.read_table(out.path, filesystem=out.fs).sort_by("id")
+    np.testing.assert_array_equal(result["label"].to_numpy(), registry.cases["gb"].expected_label())
+    assert out.sibling("scored.parquet.run.json").exists()
+
+    wrong = "A" * 86 + "=="  # a well-formed key the account does not have
+    real_key = azurite.connection_string.split("AccountKey=")[1].split(";")[0]
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string.replace(real_key, wrong))
+    code, err = run_cli("--table", "t=az://lake/in/gb.parquet", *argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == ExitCode.AUTHENTICATION and len(lines) == 1, err
+    assert "refused the credentials (AuthorizationFailure)" in lines[0] and wrong not in err and real_key not in err
+
+
+def test_folder_commit_protocol_on_s3(s3_env):
+    """No rename on S3: the manifest object is the commit; readers that check it see the whole
+    result or are told to retry, never a mix of two runs."""
+    from scoring import storage
+    from scoring.errors import InputDataError
+    from scoring.publish import publish_folder
+
+    def writer(parts: int):
+        def write(tmp: str) -> int:
+            location = storage.locate(tmp)
+            for n in range(parts):
+                pq.write_table(
+                    pa.table({"run": [parts] * 5}), f"{location.path}/part-{n}.parquet", filesystem=location.fs
+                )
+            return 5 * parts
+
+        return write
+
+    assert publish_folder("s3://lake/fold/out", writer(3), {"engine": "test"}, "overwrite") == 15
+    assert publish_folder("s3://lake/fold/out", writer(2), {"engine": "test"}, "overwrite") == 10
+    objects = [k for k in keys(s3_env, "fold/out/") if not k.endswith("/")]  # pyarrow's folder markers aside
+    assert objects == ["fold/out/_scoring.json", "fold/out/part-0.parquet", "fold/out/part-1.parquet"]
+    manifest = json.loads(get_object(s3_env, "fold/out/_scoring.json"))
+    assert manifest["status"] == "committed" and manifest["files"] == ["part-0.parquet", "part-1.parquet"]
+    assert [k for k in keys(s3_env, "fold/") if ".tmp-" in k] == []  # the temporary folder is gone
+    put_parquet(s3_env, "fold/out/stray.parquet", pa.table({"run": [99]}))  # not listed: not read
+    assert storage.open_dataset("s3://lake/fold/out").to_table()["run"].to_pylist() == [2] * 10
+    s3_env.client().put_object(Bucket="lake", Key="fold/out/_scoring.json", Body=b'{"status": "publishing"}')
+    with pytest.raises(InputDataError, match=r"'s3://lake/fold/out' is being replaced by another run"):
+        storage.open_dataset("s3://lake/fold/out")

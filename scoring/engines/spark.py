@@ -17,8 +17,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -141,14 +143,50 @@ def start_session(
         .config("spark.driver.extraJavaOptions", java_options)
         .config("spark.executor.extraJavaOptions", java_options)
     )
+    before = _children()
     try:
         with _jvm_output_to(jvm_log):
             spark = builder.getOrCreate()
-    except Exception as exc:
+        spark.sparkContext.setLogLevel("ERROR")
+        _quiet_query_context_loggers()
+        return spark
+    except BaseException as exc:
+        # A stop (SIGTERM) or failure half-way through start-up: the gateway JVM may be running
+        # already, while pyspark has not yet recorded it anywhere that a later stop() reaches.
+        _stop_new_children(before)
+        if not isinstance(exc, Exception) or isinstance(exc, ScoringError):
+            raise
         raise EngineUnavailableError(f"Spark could not start ({master}): {_first_line(exc)}") from None
-    spark.sparkContext.setLogLevel("ERROR")
-    _quiet_query_context_loggers()
-    return spark
+
+
+def _children() -> set[int]:
+    """Process ids of this process's children (Linux ``/proc``; empty elsewhere)."""
+    pids: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(pid) for pid in (task / "children").read_text().split())
+    return pids
+
+
+def _stop_new_children(before: set[int], grace: float = 10.0) -> None:
+    """Stop the processes started since ``before`` (the gateway JVM), SIGKILL after ``grace`` s."""
+    started = _children() - before
+    for pid in started:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while started and time.monotonic() < deadline:
+        for pid in list(started):
+            with contextlib.suppress(OSError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            started.discard(pid)  # reaped, or not ours to wait for any more
+        time.sleep(0.1)
+    for pid in started:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def _connect(remote: str, app_name: str) -> Any:
@@ -159,8 +197,10 @@ def _connect(remote: str, app_name: str) -> Any:
 
         raise EngineUnavailableError(f"pyspark {pyspark.__version__} has no Spark Connect client (3.4+)")
     try:
-        spark = SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
-        spark.version  # noqa: B018  (the client connects lazily: reach the server now, not mid-job)
+        with warnings.catch_warnings():  # pyspark's advice about pandas 3 is not the job's output
+            warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
+            spark = SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
+            spark.version  # noqa: B018  (the client connects lazily: reach the server now, not mid-job)
     except ImportError:
         raise EngineUnavailableError(
             'the Spark Connect client needs its libraries: pip install "pyspark[connect]"'
@@ -340,10 +380,9 @@ class SparkEngine(ModelCatalog):
     ) -> int:
         """Write the query's result as a Parquet folder published atomically at ``output``.
 
-        On Spark Connect the server writes the parts; the client then publishes them with the
-        same local rename swap, which needs ``output`` on a file system both can see (a local
-        server, a shared mount). Remote stores go through the storage commit protocol
-        (:mod:`scoring.publish`) once it takes a written folder.
+        On Spark Connect the server writes the parts and the client publishes them through
+        pyarrow's filesystems (:class:`scoring.publish.ArrowFolders`), so ``output`` must be a
+        store both can reach (a local server's disk, a shared mount, an object store).
         """
         df = self.dataframe(sql)
         metadata = {**metadata, **self.details()}

@@ -203,6 +203,7 @@ def model_udf(shipped: ShippedModel, output_type: pa.DataType, kind: UdfKind) ->
     # explicitly, and pyspark's advice to prefer type hints is not for the job's output.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
         if kind == "arrow":
             from pyspark.sql.functions import ArrowUDFType, arrow_udf
 

@@ -66,9 +66,14 @@ def substitute(tree: Node, variables: dict[str, Node]) -> Node:
     return tree
 
 
-def prepare(tree: Node, catalog: Catalog, variables: dict[str, Node], write: str) -> list[references.Reference]:
+def prepare(
+    tree: Node, catalog: Catalog, variables: dict[str, Node], write: str, read: str | None = None
+) -> list[references.Reference]:
     """Substitute variables and resolve table names in place; return the model references."""
     substitute(tree, variables)
+    for node in references.predict_nodes(tree):  # a model-table query is reported as written
+        model = references.model_of(node)
+        model.meta[references.WRITTEN_META] = model.sql(dialect=read_dialect(read or write))
     qualify.resolve_tables(tree, catalog.names)
     return references.collect(tree, catalog.models, read_dialect(write))
 
@@ -128,11 +133,12 @@ def rewrite(tree: Node, catalog: Catalog, read: str, write: str) -> Node:
     check_calls(tree, catalog.models)
     dialect = read_dialect(write)
 
-    def lookup(model: Node) -> tuple[str, Model]:
+    def lookup(model: Node) -> tuple[str, Model, str]:
         ref = references.of_model_expression(model, catalog.models, dialect)
         if ref.kind == "bound":
-            return ref.value, catalog.models[ref.value]
-        return catalog.functions[ref.key]
+            return ref.value, catalog.models[ref.value], ref.value
+        fn, found = catalog.functions[ref.key]
+        return fn, found, ref.written
 
     predict.expand(tree, lookup, _schema_with_ctes(catalog), read, write)
     return qualify.qualify_columns(tree)
@@ -164,7 +170,7 @@ def compile_query(
     if len(statements) != 1:
         raise PredictSyntaxError(f"expected one SQL statement, found {len(statements)}")
     tree = statements[0]
-    for ref in prepare(tree, catalog, {}, write):
+    for ref in prepare(tree, catalog, {}, write, read):
         if ref.kind != "bound" and ref.key not in catalog.functions and resolve is not None:
             catalog.functions[ref.key] = resolve(ref)
     return generate(rewrite(tree, catalog, read, write), write)

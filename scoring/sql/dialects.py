@@ -8,12 +8,13 @@ but not T-SQL's ``PREDICT(MODEL = ..., DATA = t AS d, RUNTIME = ONNX) WITH (...)
 a table may stand, and the generator writes it back, so a query round-trips unchanged.
 For the scalar form, the extended dialects drop ``PREDICT`` from ``FUNCTIONS`` (as
 sqlglot's own Snowflake dialect does), so it parses as a plain call with any number of
-arguments. The T-SQL, DuckDB and Spark dialects are extended; BigQuery needs nothing.
+arguments (older minors keep it in ``FUNCTION_PARSERS``; it is dropped there too). The
+T-SQL, DuckDB and Spark dialects are extended; BigQuery needs nothing.
 
 Parser internals used (kept to these, so a range of sqlglot minors works): ``_parse_table``
 (overridden, then delegated), ``_curr``/``_next``/``_advance``/``_match``/``_match_r_paren``,
 ``_parse_bitwise``, ``_parse_wrapped_csv``, ``_parse_field_def``, ``_parse_table_alias``,
-``_parse_var``, ``_index``/``_tokens`` (to tell REAL from FLOAT), ``raise_error`` and ``expression``.
+``_parse_var``, ``_index``/``_tokens`` (to tell REAL from FLOAT) and ``raise_error``.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class _PredictParser:
         if p._match(TokenType.WITH):
             columns = p._parse_wrapped_csv(lambda: _column_def(p))
         alias = p._parse_table_alias()
-        return p.expression(PredictTable(**found, columns=columns, alias=alias))
+        return PredictTable(**found, columns=columns, alias=alias)
 
 
 def _column_def(p: Any) -> Any:
@@ -140,8 +141,12 @@ def _predicttable_sql(self: Any, expression: PredictTable) -> str:
 
 
 def _with_predict(base: Any) -> type[Dialect]:
-    functions = {k: v for k, v in base.Parser.FUNCTIONS.items() if k != "PREDICT"}
-    parser = type(f"{base.__name__}PredictParser", (_PredictParser, base.Parser), {"FUNCTIONS": functions})
+    # Older minors parse PREDICT(...) in FUNCTION_PARSERS, newer ones in FUNCTIONS: drop it from both.
+    tables = {
+        key: {k: v for k, v in getattr(base.Parser, key).items() if k != "PREDICT"}
+        for key in ("FUNCTIONS", "FUNCTION_PARSERS")
+    }
+    parser = type(f"{base.__name__}PredictParser", (_PredictParser, base.Parser), tables)
     transforms = {**base.Generator.TRANSFORMS, PredictTable: _predicttable_sql}
     generator = type(f"{base.__name__}PredictGenerator", (base.Generator,), {"TRANSFORMS": transforms})
     return type(f"Scoring{base.__name__}", (base,), {"Parser": parser, "Generator": generator})

@@ -25,7 +25,7 @@ def model_value(rows: list[tuple[Any, ...]], table: str, query: str) -> bytes | 
         QueryError: several rows or several columns.
         ModelLoadError: bytes that are not an ONNX model.
     """
-    where = f"model table '{table}' ({query})"
+    where = f"model table '{table}' {query}"
     if not rows:
         raise ModelNotFoundError(f"{where} returned no row: no model to score with")
     if len(rows) > 1:

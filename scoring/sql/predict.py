@@ -31,7 +31,7 @@ INNER = "__scoring_inner"
 DATA = "__scoring_data"
 
 Schema = Callable[[Node], pa.Schema]
-Lookup = Callable[[Node], tuple[str, Model]]  # MODEL expression -> (SQL function, model)
+Lookup = Callable[[Node], tuple[str, Model, str]]  # MODEL expression -> (SQL function, model, name as written)
 
 
 def _field(name: str) -> Node:
@@ -45,9 +45,12 @@ def _output_value(model: Model, name: str) -> Node:
     return _field(name)
 
 
-def call(fn: str, model: Model, alias: str, schema: pa.Schema, table: str) -> Node:
-    """``fn(alias.col, ...)``: the model's arguments bound by name to the DATA columns."""
-    columns = model.bind(schema, table)
+def call(fn: str, model: Model, alias: str, schema: pa.Schema, table: str, name: str | None = None) -> Node:
+    """``fn(alias.col, ...)``: the model's arguments bound by name to the DATA columns.
+
+    ``name`` is the model as the query names it, for messages.
+    """
+    columns = model.bind(schema, table, name)
     arguments = []
     for arg, column in zip(model.arguments, columns, strict=True):
         ref: Node = exp.column(column, table=alias, quoted=True)
@@ -97,7 +100,9 @@ def _data_parts(data: Node) -> tuple[Node, str, str]:
     return data, alias, written
 
 
-def expand_tsql(node: PredictTable, fn: str, model: Model, schema: Schema, read: str, write: str) -> Node:
+def expand_tsql(
+    node: PredictTable, fn: str, model: Model, schema: Schema, read: str, write: str, name: str | None = None
+) -> Node:
     """T-SQL ``PREDICT(MODEL = ..., DATA = ...) WITH (...) AS p``."""
     if node.args.get("parameters") is not None:
         raise PredictSyntaxError(
@@ -117,12 +122,14 @@ def expand_tsql(node: PredictTable, fn: str, model: Model, schema: Schema, read:
     )
     inner = exp.select(
         exp.alias_(packed, d, quoted=True),
-        exp.alias_(call(fn, model, d, columns_of, written), OUT, quoted=True),
+        exp.alias_(call(fn, model, d, columns_of, written, name), OUT, quoted=True),
     ).from_(exp.alias_(data, d, table=True, quoted=True))
     declared = node.args.get("columns") or [exp.ColumnDef(this=exp.to_identifier(o.name)) for o in model.outputs]
     outputs = exp.Struct(
         expressions=[
-            exp.PropertyEQ(this=exp.to_identifier(c.name, quoted=True), expression=_declared_value(model, c, read, write))
+            exp.PropertyEQ(
+                this=exp.to_identifier(c.name, quoted=True), expression=_declared_value(model, c, read, write)
+            )
             for c in declared
         ]
     )
@@ -135,7 +142,7 @@ def expand_tsql(node: PredictTable, fn: str, model: Model, schema: Schema, read:
     return result
 
 
-def expand_ml_predict(node: exp.Predict, fn: str, model: Model, schema: Schema) -> Node:
+def expand_ml_predict(node: exp.Predict, fn: str, model: Model, schema: Schema, name: str | None = None) -> Node:
     """BigQuery ``ML.PREDICT(MODEL m, TABLE t | (query))``: every input column, then one column
     per model output named as the model names it.
 
@@ -167,7 +174,7 @@ def expand_ml_predict(node: exp.Predict, fn: str, model: Model, schema: Schema) 
             )
     inner = exp.select(
         exp.Column(this=exp.Star(), table=exp.to_identifier(DATA)),
-        exp.alias_(call(fn, model, DATA, columns_of, written), OUT, quoted=True),
+        exp.alias_(call(fn, model, DATA, columns_of, written, name), OUT, quoted=True),
     ).from_(exp.alias_(data, DATA, table=True, quoted=True))
     selected: list[Any] = [exp.column(c, table=INNER, quoted=True) for c in columns_of.names]
     selected += [exp.alias_(_output_value(model, o.name), o.name, quoted=True) for o in model.outputs]
@@ -205,19 +212,21 @@ def expand(tree: Node, lookup: Lookup, schema: Callable[[Node, Node], pa.Schema]
         schema: the columns of a DATA relation, given the relation and the tree (for its CTEs).
     """
     for node in _innermost_first(tree):
-        fn, model = lookup(model_of(node))
+        fn, model, name = lookup(model_of(node))
 
         def data_schema(relation: Node) -> pa.Schema:
             return schema(relation, tree)
 
         if isinstance(node, PredictTable):
-            node.replace(expand_tsql(node, fn, model, data_schema, read, write))
+            node.replace(expand_tsql(node, fn, model, data_schema, read, write, name))
         elif isinstance(node, exp.Predict):
-            replacement = expand_ml_predict(node, fn, model, data_schema)
+            replacement = expand_ml_predict(node, fn, model, data_schema, name)
             holder = node.parent if isinstance(node.parent, exp.Table) else None
             if holder is not None:
                 alias = holder.args.get("alias")
-                replacement.set("alias", alias.copy() if alias is not None else exp.TableAlias(this=exp.to_identifier("ml_predict")))
+                replacement.set(
+                    "alias", alias.copy() if alias is not None else exp.TableAlias(this=exp.to_identifier("ml_predict"))
+                )
                 holder.replace(replacement)
             else:
                 node.replace(replacement)

@@ -15,6 +15,7 @@ columns, in FROM order) and names a misspelt ``d.col`` / ``p.col`` with the clos
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,8 @@ class Names:
 
     bound: dict[tuple[str, ...], str] = field(default_factory=dict)
     created: dict[tuple[str, ...], str] = field(default_factory=dict)
+    # Unique per job: a shared Spark session keeps temp views across jobs.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     @classmethod
     def of_bindings(cls, tables: dict[str, str]) -> Names:
@@ -76,7 +79,8 @@ class Names:
     def create(self, parts: tuple[str, ...], temporary: bool) -> str:
         """Record an object a script statement creates; return its engine name."""
         key = tuple(p.lower() for p in parts)
-        name = "__scoring_tmp_" + "__".join(key) if temporary else "__scoring_view_" + "__".join(key)
+        kind = "tmp" if temporary else "view"
+        name = f"__scoring_{kind}_{self.token}_" + "__".join(key)
         self.created[key] = name
         return name
 
@@ -188,7 +192,12 @@ def qualify_columns(tree: Node) -> Node:
                 continue
             for shape in shapes:
                 if column.table:
-                    _check(column, shape.data_alias, shape.data_columns, f"DATA '{shape.data_name}' (alias {shape.data_alias})")
+                    _check(
+                        column,
+                        shape.data_alias,
+                        shape.data_columns,
+                        f"DATA '{shape.data_name}' (alias {shape.data_alias})",
+                    )
                     _check(
                         column,
                         shape.result_alias,

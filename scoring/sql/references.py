@@ -27,6 +27,7 @@ from scoring.errors import ModelNotFoundError, PredictSyntaxError, did_you_mean
 from scoring.sql.dialects import Node, PredictTable
 from scoring.sql.qualify import NAME_META
 
+WRITTEN_META = "scoring_written"  # meta key: a MODEL expression as the user wrote it
 _FABRIC = re.compile(r"^(?P<name>[\w.-]+)(?:/(?P<version>[\w.-]+)|@(?P<alias>[\w.-]+))$")
 
 
@@ -81,7 +82,11 @@ def of_name(text: str, bound: dict[str, Any]) -> Reference:
         return Reference("uri", text, text)
     match = _FABRIC.match(text)
     if match:
-        uri = f"models:/{match['name']}/{match['version']}" if match["version"] else f"models:/{match['name']}@{match['alias']}"
+        uri = (
+            f"models:/{match['name']}/{match['version']}"
+            if match["version"]
+            else f"models:/{match['name']}@{match['alias']}"
+        )
         return Reference("uri", uri, text)
     raise _not_bound(text, bound)
 
@@ -93,7 +98,8 @@ def of_model_expression(model: Node, bound: dict[str, Any], dialect: Any) -> Ref
     if isinstance(model, exp.Subquery):
         tables = list(model.find_all(exp.Table))
         written = tables[0].meta.get(NAME_META, tables[0].name) if tables else "(query)"
-        return Reference("table", model.this.sql(dialect=dialect), model.sql(), table=written)
+        text = model.meta.get(WRITTEN_META) or model.sql()
+        return Reference("table", model.this.sql(dialect=dialect), text, table=written)
     if isinstance(model, exp.Table | exp.Column | exp.Identifier | exp.Dot):
         parts = tuple(p.name for p in model.parts) if hasattr(model, "parts") else (model.name,)
         found = _bound(parts, bound)

@@ -21,7 +21,7 @@ The last statement must produce rows: a query, an ``INSERT ... SELECT``, a CTAS 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
@@ -110,7 +110,10 @@ def _set(node: exp.Set, variables: dict[str, Node]) -> None:
     for item in node.expressions:
         assignment = item.this if isinstance(item, exp.SetItem) else item
         if not isinstance(assignment, exp.EQ) or not isinstance(assignment.this, exp.Parameter):
-            raise _refuse(f"SET {assignment.sql() if isinstance(assignment, Node) else ''}".strip(), "engine settings are fixed by the job")
+            raise _refuse(
+                f"SET {assignment.sql() if isinstance(assignment, Node) else ''}".strip(),
+                "engine settings are fixed by the job",
+            )
         variables[assignment.this.name.lower()] = assignment.expression
 
 
@@ -160,7 +163,9 @@ def plan(sql: str, dialect: str) -> list[Step]:
         steps.append(step)
     last_node = statements[-1]
     if isinstance(last_node, exp.Declare | exp.Set):
-        raise _refuse(f"{_keyword(last_node)} as the last statement", "the last statement must return the rows to publish")
+        raise _refuse(
+            f"{_keyword(last_node)} as the last statement", "the last statement must return the rows to publish"
+        )
     if steps[-1].kind == "table":  # a CTAS or SELECT INTO last: publish the rows it would hold
         steps[-1] = Step("query", steps[-1].tree, variables=steps[-1].variables)
     return steps
@@ -198,6 +203,21 @@ def creation_sql(kind: str, name: str, query: Node, write: str) -> str:
         node = exp.Cache(this=table, expression=query, lazy=False)
     else:
         node = exp.Create(
-            this=table, kind="TABLE" if kind == "table" else "VIEW", expression=query, replace=True, properties=temporary
+            this=table,
+            kind="TABLE" if kind == "table" else "VIEW",
+            expression=query,
+            replace=True,
+            properties=temporary,
         )
+    return node.sql(dialect=read_dialect(write))
+
+
+def drop_sql(name: str, write: str, kind: str) -> str:
+    """Drop a view or temp table of the script once the job is done (a shared session keeps them).
+
+    Spark's cached table is a temp view (dropping it uncaches it); DuckDB's is a temp table.
+    """
+    what = "TABLE" if kind == "table" and write != "spark" else "VIEW"
+    node = parse(f"DROP {what} IF EXISTS placeholder", write)[0]  # Drop's arg names differ across minors
+    node.find(exp.Table).set("this", exp.to_identifier(name, quoted=True))
     return node.sql(dialect=read_dialect(write))
