@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     row_group_rows: int = Field(
         131072, ge=1024, description="Rows per Parquet row group in the output (at least 1024)."
     )
+    batch_scoring: Literal["auto", "off"] = Field(
+        "auto",
+        description="DuckDB: 'auto' scores a projection of one table in whole row-group batches instead of "
+        "one UDF call per 2,048-row vector (same result; the manifest's scoring_path says which ran); "
+        "'off' always uses the UDF.",
+    )
     compression: Compression = Field(
         "zstd", description="Parquet compression codec of the output: zstd, snappy, gzip, lz4 or none."
     )

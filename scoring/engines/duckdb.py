@@ -13,7 +13,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from scoring import storage, types
-from scoring.engines import ModelCatalog, check_sql_name, check_table_path
+from scoring.engines import ModelCatalog, batch, check_sql_name, check_table_path
 from scoring.errors import InputDataError, QueryError, QueryRefusedError, SchemaMismatchError, ScoringError
 from scoring.model import Model, ScoringStats
 from scoring.publish import write_parquet
@@ -91,6 +91,7 @@ class DuckDBEngine(ModelCatalog):
         self._resolve = resolve
         self._udf_error: ScoringError | None = None
         self._counters: dict[str, ScoringStats] = {}
+        self.scoring_path: str | None = None  # "batch" or "udf", once a query is published
         self._sealed = False
         self.tables: dict[str, Any] = {}
         # Sealed before any table, model or query arrives: tables are Arrow datasets (pyarrow
@@ -236,7 +237,7 @@ class DuckDBEngine(ModelCatalog):
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
         """Stream the query's batches into one Parquet file published atomically at ``output``."""
-        reader = self.execute(sql, settings.row_group_rows)
+        reader = batch.reader_for(self, sql, settings, metadata) or self.execute(sql, settings.row_group_rows)
         try:
             written = write_parquet(
                 reader, output, metadata, mode=settings.mode, compression=settings.compression, on_batch=on_batch
@@ -253,6 +254,10 @@ class DuckDBEngine(ModelCatalog):
                 raise
             raise translated from None
         return written.rows
+
+    def details(self) -> dict[str, Any]:
+        """What the run manifest records: which path scored the rows (scoring.engines.batch)."""
+        return {"scoring_path": self.scoring_path} if self.scoring_path else {}
 
     def rows_scored(self) -> dict[str, int]:
         """Rows each registered function has run through its model on this engine."""

@@ -18,6 +18,17 @@ seconds of this process (all threads), fastest of ``--repeat`` runs:
 - ``copy``: DuckDB writes the file itself: ``COPY (query) TO tmp (FORMAT parquet, COMPRESSION zstd,
   ROW_GROUP_SIZE 131072, KV_METADATA {...})``.
 - ``copy_only``: the plain copy, no model (for reference).
+- ``batch``: the batch path (``scoring.engines.batch``) as the job runs it: DuckDB's batches of
+  the one table, scored by ``--workers`` threads, written by ``write_parquet`` in the main thread.
+- ``batch_drain``: the same, scored batches dropped (no Parquet write).
+- ``batch_read``: the batch path's DuckDB read alone (its read query drained, no model).
+- ``batch_serial``: as ``batch``, but read, scored and written one after the other in one thread
+  (what a non-pipelined batch path costs).
+- ``batch_wide``: as ``batch``, one scorer thread whose session has one intra-op thread per core.
+- ``batch_copy``: as ``batch``, the scored stream written by a second DuckDB connection's ``COPY``
+  (DuckDB's Parquet writer, zstd, 131,072-row groups) instead of pyarrow's ``ParquetWriter``.
+- ``write_only``: pyarrow's ``ParquetWriter`` (as the job uses it) over the batch path's output
+  batches held in memory: the writer's own cost.
 
     python tests/bench/experiments.py --rows 1000000 --model gb [--threads 2 --ort-threads 1] [--variants job,copy]
 """
@@ -35,7 +46,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = ("job", "drain", "drain_plain", "drain_noop", "nodict", "thread", "thread_nodict", "copy", "copy_only")
+VARIANTS = (
+    "job",
+    "drain",
+    "drain_plain",
+    "drain_noop",
+    "nodict",
+    "thread",
+    "thread_nodict",
+    "copy",
+    "copy_only",
+    "batch",
+    "batch_drain",
+    "batch_read",
+    "batch_serial",
+    "batch_wide",
+    "batch_copy",
+    "write_only",
+)
 
 
 def _engine(work: Path, key: str, threads: int | None, ort_threads: int | None, source: Path):
@@ -117,6 +145,8 @@ def run(variant: str, args: argparse.Namespace, source: Path, target: Path) -> t
     sql = f"SELECT *, m({', '.join(prepare.FEATURES)}) AS p FROM t"
     if variant == "drain_noop":
         sql = _noop(engine, model)
+    if variant.startswith("batch"):
+        return _batch(variant, args, engine, model, sql, target)
     started, cpu = time.perf_counter(), time.process_time()
     if variant in ("drain", "drain_noop"):
         rows = sum(b.num_rows for b in engine.execute(sql, 131_072))
@@ -140,12 +170,57 @@ def run(variant: str, args: argparse.Namespace, source: Path, target: Path) -> t
     return seconds, cpu, rows
 
 
+def _batch(variant: str, args: argparse.Namespace, engine, model, sql: str, target: Path) -> tuple[float, float, int]:
+    from scoring.cache import default_threads, load_model
+    from scoring.engines import batch
+    from scoring.publish import write_parquet
+
+    workers = args.workers or default_threads()
+    started, cpu = time.perf_counter(), time.process_time()
+    plan = batch.plan(engine.con, sql, engine.models)
+    assert plan is not None, "the bench query must take the batch path"
+    if variant == "batch_wide":
+        wide = load_model(model.ref, default_threads(), model.null)  # counted: the job would build it too
+        plan = batch.BatchPlan(plan.read_sql, plan.schema, plan.columns, tuple((f, wide, a) for f, _, a in plan.calls))
+        workers = 1
+    if variant == "write_only":
+        held = list(batch.scored_batches(engine.con, plan, 131_072, workers=workers))
+        started, cpu = time.perf_counter(), time.process_time()
+        rows = write_parquet(pa.RecordBatchReader.from_batches(plan.schema, iter(held)), target, {}).rows
+    elif variant == "batch_copy":
+        import duckdb
+
+        scored = batch.scored_batches(engine.con, plan, 131_072, workers=workers)
+        writer = duckdb.connect()
+        writer.register("scored", scored)
+        rows = writer.execute(
+            f"COPY scored TO '{target}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 131072)"
+        ).fetchone()[0]
+        writer.close()
+    elif variant == "batch_read":
+        rows = sum(b.num_rows for b in engine.execute(plan.read_sql, 131_072))
+    elif variant == "batch_serial":
+        score = batch._scorer(plan, {})
+        reader = engine.execute(plan.read_sql, 131_072)
+        scored = pa.RecordBatchReader.from_batches(plan.schema, (score(b) for b in reader))
+        rows = write_parquet(scored, target, {}).rows
+    else:
+        scored = batch.scored_batches(engine.con, plan, 131_072, workers=workers)
+        rows = sum(b.num_rows for b in scored) if variant == "batch_drain" else write_parquet(scored, target, {}).rows
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    engine.close()
+    return seconds, cpu, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--model", default="gb", choices=sorted(prepare.MODELS))
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (SCORING_THREADS)")
     parser.add_argument("--ort-threads", type=int, default=None, help="onnxruntime threads (SCORING_ORT_THREADS)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="scorer threads of the batch variants (default: cores)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--work", default=str(ROOT / ".scoring" / "bench"))
