@@ -237,7 +237,10 @@ class DuckDBEngine(ModelCatalog):
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
         """Stream the query's batches into one Parquet file published atomically at ``output``."""
-        reader = batch.reader_for(self, sql, settings, metadata) or self.execute(sql, settings.row_group_rows)
+        try:
+            reader = batch.reader_for(self, sql, settings, metadata) or self.execute(sql, settings.row_group_rows)
+        except duckdb.Error as exc:  # the batch path starts its scan here
+            raise self.translate(exc) from None
         try:
             written = write_parquet(
                 reader, output, metadata, mode=settings.mode, compression=settings.compression, on_batch=on_batch
