@@ -12,6 +12,7 @@ oversubscribe the cores.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -23,6 +24,7 @@ import tempfile
 import time
 import uuid
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 from sqlglot import exp
 
-from scoring import publish, storage
+from scoring import blobs, publish, storage
 from scoring.engines import ModelCatalog, check_sql_name, check_table_path
 from scoring.engines.spark_udfs import ShippedModel, choose_kind, model_udf, require_pyspark
 from scoring.errors import (
@@ -272,6 +274,7 @@ class SparkEngine(ModelCatalog):
         self._resolve = resolve
         self._null = null
         self._shipped: set[str] = set()
+        self._staging: Path | None = None
 
     def details(self) -> dict[str, Any]:
         """What the run manifest records about this engine: UDF kind and session kind."""
@@ -280,45 +283,72 @@ class SparkEngine(ModelCatalog):
     def register_model(self, name: str, model: Model) -> None:
         """Register ``model`` as the Spark SQL function ``name`` (an Arrow or pandas UDF)."""
         check_sql_name(name, "model")
-        file_name = self._ship(model)
+        file_name, member = self._ship(model)
         threads = int(self.spark.conf.get("spark.task.cpus", "1") or 1)
         # Spark Connect has no accumulators: its rows are not counted (rows_scored says so).
         rows = None if self.connect else self.spark.sparkContext.accumulator(0)
-        shipped = ShippedModel(model.ref, threads, self._null, file_name, rows)
+        shipped = ShippedModel(model.ref, threads, self._null, file_name, rows, member)
         self.spark.udf.register(name, model_udf(shipped, model.output_type, self.udf_kind))
         self.models[name] = model
         self.rows[name] = rows
 
-    def _ship(self, model: Model) -> str:
-        """Send the model file to the executors under its content address; return that name.
+    def _ship(self, model: Model) -> tuple[str, str | None]:
+        """Send the model to the executors under its content address; return where they find it.
 
-        Classic sessions use ``SparkContext.addFile``, Connect sessions the artifact API
-        (``addArtifacts(..., file=True)``); both are found on executors by ``SparkFiles.get``.
+        Returns the name ``SparkFiles.get`` takes and, for a model with external data, the ONNX
+        file's name inside that folder. A self-contained model travels as ``<sha256>.onnx``
+        (``SparkContext.addFile``; on Connect ``addArtifacts(..., file=True)``). A model whose
+        weights are separate files travels as one archive ``<sha256>.zip`` that Spark unpacks
+        into a folder on every executor (``addArchive``; ``addArtifacts(..., archive=True)``):
+        onnxruntime reads external data relative to the ONNX file, and ``addFile`` takes a local
+        folder only on a local master.
         """
-        file_name = f"{model.ref.sha256}.onnx"
-        if file_name in self._shipped:
-            return file_name
-        staged = Path(model.ref.path)
-        if staged.name != file_name:  # both APIs ship by base name: make it content-addressed
-            staged = Path(tempfile.mkdtemp(prefix="scoring-")) / file_name
-            shutil.copyfile(model.ref.path, staged)
-        try:
-            if self.connect:
-                self._add_artifact(staged)
-            elif not any(Path(f).name == file_name for f in _listed_files(self.spark.sparkContext)):
-                self.spark.sparkContext.addFile(str(staged))
-        except Exception as exc:
-            raise ModelLoadError(
-                f"model '{model.name}' cannot be shipped to the Spark executors: {_first_line(exc)}"
-            ) from None
-        self._shipped.add(file_name)
-        return file_name
+        sha, path = model.ref.sha256, Path(model.ref.path)
+        files = [path] if path.name == f"{sha}.onnx" else blobs.model_files(path, model.name)
+        member = path.name if len(files) > 1 else None
+        ship_name = f"{sha}.zip" if member else f"{sha}.onnx"
+        if ship_name not in self._shipped:
+            try:
+                if self.connect:
+                    self._add_artifact(self._stage(ship_name, files), archive=member is not None)
+                elif not _listed(self.spark.sparkContext, "listArchives" if member else "listFiles", ship_name):
+                    add = self.spark.sparkContext.addArchive if member else self.spark.sparkContext.addFile
+                    add(str(self._stage(ship_name, files)))
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"model '{model.name}' cannot be shipped to the Spark executors: {_first_line(exc)}"
+                ) from None
+            self._shipped.add(ship_name)
+        return ship_name, member
 
-    def _add_artifact(self, path: Path) -> None:
+    def _stage(self, ship_name: str, files: list[Path]) -> Path:
+        """The file to ship under ``ship_name``: the cached file itself where it has that name, else
+        a copy (or, for several files, a zip archive) in a staging folder kept until the process
+        exits, because Spark reads a local file again whenever a new executor fetches it."""
+        if len(files) == 1 and files[0].name == ship_name:
+            return files[0]
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="scoring-ship-"))
+            atexit.register(shutil.rmtree, self._staging, True)
+        staged = self._staging / ship_name
+        if len(files) == 1:
+            shutil.copyfile(files[0], staged)
+            return staged
+        base = files[0].parent.resolve()
+        # Stored, not deflated: weights hardly compress, and every executor unpacks the archive.
+        with zipfile.ZipFile(staged, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for file in files:
+                archive.write(file, file.resolve().relative_to(base).as_posix())
+        return staged
+
+    def _add_artifact(self, path: Path, archive: bool) -> None:
         from pyspark.errors import PySparkException
 
         try:
-            self.spark.addArtifacts(str(path), file=True)
+            if archive:
+                self.spark.addArtifacts(str(path), archive=True)
+            else:
+                self.spark.addArtifacts(str(path), file=True)
         except PySparkException as exc:
             # The name is the content's sha256: the same name already there is the same model.
             if _condition(exc) != "ARTIFACT_ALREADY_EXISTS":
@@ -429,9 +459,10 @@ class SparkEngine(ModelCatalog):
             self.spark.stop()
 
 
-def _listed_files(sc: Any) -> list[str]:
-    """Files already added to ``sc`` (``SparkContext.listFiles``, pyspark 3.4+)."""
-    return list(getattr(sc, "listFiles", []) or [])
+def _listed(sc: Any, listing: str, name: str) -> bool:
+    """Whether ``sc`` already ships a file or archive of that base name (``SparkContext.listFiles``
+    / ``listArchives``, pyspark 3.4+): Spark refuses the same name from a second path."""
+    return any(Path(f).name == name for f in getattr(sc, listing, []) or [])
 
 
 def _condition(exc: BaseException) -> str | None:

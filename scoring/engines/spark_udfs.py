@@ -88,16 +88,21 @@ class ShippedModel:
         ref: The pinned model (its driver-side path is dropped: executors never see it).
         threads: onnxruntime intra-op threads on the executor (``spark.task.cpus``).
         null: Null policy applied on the executor.
-        file_name: Name the model file was shipped under (``SparkFiles.get`` finds it).
+        file_name: Name the model was shipped under (``SparkFiles.get`` finds it).
         rows: An accumulator counting scored rows, or None where the session has none (Connect).
+        member: For a model with external data, shipped as an archive that Spark unpacks into a
+            folder: the ONNX file's name in that folder.
     """
 
-    def __init__(self, ref: ModelRef, threads: int, null: str, file_name: str, rows: Any = None) -> None:
+    def __init__(
+        self, ref: ModelRef, threads: int, null: str, file_name: str, rows: Any = None, member: str | None = None
+    ) -> None:
         self.ref = replace(ref, path=Path(file_name))
         self.threads = threads
         self.null = null
         self.file_name = file_name
         self.rows = rows
+        self.member = member
 
     def model(self) -> Model:
         """The executor's model, loaded on first use in this Python worker."""
@@ -105,7 +110,8 @@ class ShippedModel:
 
         from scoring.cache import load_model
 
-        local = replace(self.ref, path=Path(SparkFiles.get(self.file_name)))
+        shipped = Path(SparkFiles.get(self.file_name))
+        local = replace(self.ref, path=shipped / self.member if self.member else shipped)
         return load_model(local, self.threads, self.null)  # type: ignore[arg-type]
 
     def counter(self) -> Callable[[int], None] | None:
