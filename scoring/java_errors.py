@@ -27,6 +27,11 @@ _INPUT_CAUSES = (
     "org.apache.spark.sql.execution.datasources.SchemaColumnConvertNotSupportedException",
 )
 _OUTPUT_CAUSES = ("java.nio.file.FileSystemException", "org.apache.hadoop.fs.FileAlreadyExistsException")
+# A full disk or quota: Java reports the OS error (ENOSPC, EDQUOT) as an IOException whose message is
+# the C library's text for it (java.nio puts that text in FileSystemException.getReason()). Hadoop's
+# local file system wraps it in an FSError on the way up; the class and message of the cause tell it.
+_DISK_FULL_CLASSES = ("java.io.IOException", "java.nio.file.FileSystemException")
+_DISK_FULL_REASONS = ("No space left on device", "Disk quota exceeded")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class JavaCause:
     error_class: str | None  # Spark's error class / condition of the outermost exception that has one
     cause_class: str  # Java class of the innermost cause
     message: str  # its message, first line, redacted and short
+    disk_full: bool = False  # a cause on the chain is the OS's "No space left on device" (or quota)
 
     def describe(self) -> str:
         """``"No space left on device (java.io.IOException; TASK_WRITE_FAILED)"``."""
@@ -83,25 +89,42 @@ def root_cause(exc: BaseException) -> JavaCause | None:
     if throwable is None:
         return None
     error_class = _spark_error_class(exc)
-    innermost, seen = throwable, 0
+    innermost, seen, disk_full = throwable, 0, False
     try:
         current = throwable
         while current is not None and seen < 32:
             error_class = error_class or _java_error_class(current)
+            disk_full = disk_full or _is_disk_full(current)
             innermost = current
             current = current.getCause()
             seen += 1
         cause_class = str(innermost.getClass().getName())
         message = innermost.getMessage()
     except Exception:  # a broken gateway mid-walk: report what was read
-        return JavaCause(error_class, "", "") if error_class else None
-    return JavaCause(error_class, cause_class, short(str(message or ""), 200))
+        return JavaCause(error_class, "", "", disk_full) if error_class else None
+    return JavaCause(error_class, cause_class, short(str(message or ""), 200), disk_full)
+
+
+def _is_disk_full(throwable: Any) -> bool:
+    """Whether this one Java throwable is the OS's ENOSPC / EDQUOT, by its class and message."""
+    java_class = throwable.getClass()
+    names: set[str] = set()
+    while java_class is not None and len(names) < 16:  # the class and its superclasses
+        names.add(str(java_class.getName()))
+        java_class = java_class.getSuperclass()
+    if not names.intersection(_DISK_FULL_CLASSES):
+        return False
+    reason = throwable.getReason() if "java.nio.file.FileSystemException" in names else throwable.getMessage()
+    return str(reason or "").strip() in _DISK_FULL_REASONS
 
 
 def classify(cause: JavaCause) -> str:
-    """``"input"``, ``"output"`` or ``"query"``: which exit-code family the cause belongs to."""
+    """``"disk_full"``, ``"input"``, ``"output"`` or ``"query"``: the cause's exit-code family
+    (``disk_full`` is an output error with a line of its own)."""
     if cause.cause_class == "org.apache.spark.api.python.PythonException":
         return "query"  # the Python side (a model UDF) failed, whatever the write it happened in
+    if cause.disk_full:
+        return "disk_full"
     if cause.error_class and cause.error_class.startswith(_INPUT_CLASSES):
         return "input"
     if cause.error_class and cause.error_class.startswith(_OUTPUT_CLASSES):

@@ -417,8 +417,11 @@ class SparkEngine(ModelCatalog):
         """
         df = self.dataframe(sql)
         metadata = {**metadata, **self.details()}
+        options = row_group_options(df, settings.row_group_rows)
         with self._own_jobs() as cancel:
-            return write_folder(df, output, metadata, settings.mode, settings.compression, cancel=cancel)
+            return write_folder(
+                df, output, metadata, settings.mode, settings.compression, cancel=cancel, options=options
+            )
 
     @contextlib.contextmanager
     def _own_jobs(self) -> Iterator[Callable[[], None]]:
@@ -482,14 +485,17 @@ def _query_error(exc: BaseException) -> ScoringError:
     return _java_error(exc) or QueryError(message)
 
 
-def _java_error(exc: BaseException) -> ScoringError | None:
-    """A bad input file or a failed write, told by Spark's error class and the innermost Java
-    cause (:mod:`scoring.java_errors`); the py4j line on top ("An error occurred while calling
-    o63.parquet.") says neither."""
+def _java_error(exc: BaseException, output: str | None = None) -> ScoringError | None:
+    """A bad input file or a failed write (a full disk told apart), told by Spark's error class and
+    the Java cause chain (:mod:`scoring.java_errors`); the py4j line on top ("An error occurred
+    while calling o63.parquet.") says neither. ``output``: the result being written, if any."""
     cause = root_cause(exc)
     if cause is None:
         return None
     family = classify(cause)
+    if family == "disk_full":
+        where = f"output '{storage.redact(output)}'" if output else "a Spark write"
+        return OutputError(f"{where}: the disk is full ({cause.describe()}): free space there or write elsewhere")
     if family == "input":
         return InputDataError(cause.describe())
     if family == "output":
@@ -513,6 +519,33 @@ def _scoring_error_in(exc: BaseException) -> ScoringError | None:
     return None
 
 
+# parquet-java's row-count limit per row group (``ParquetOutputFormat.BLOCK_ROW_COUNT_LIMIT``), in
+# parquet-java 1.16+ (Spark 4.1+); see https://github.com/apache/parquet-java/pull/3236.
+ROW_COUNT_LIMIT = "parquet.block.row.count.limit"
+BLOCK_SIZE = "parquet.block.size"  # bytes: all that parquet-java 1.13 (Spark 3.5) and 1.15 (4.0) have
+
+
+def row_group_options(df: Any, rows: int) -> dict[str, str]:
+    """Writer options that make Spark's Parquet row groups at most ``rows`` rows long.
+
+    Spark 4.1+ (parquet-java 1.16+) has an exact row limit. Older Spark (3.5, 4.0) only sizes row
+    groups in bytes: there the limit is approximated as ``rows`` times Spark's estimate of a row's
+    size (``StructType.defaultSize``), and parquet-java checks the size every 100 to 10,000 rows,
+    so row groups come out roughly, not exactly, that long. A Connect client cannot see the
+    server's parquet-java; it sets the row limit only.
+    """
+    options = {ROW_COUNT_LIMIT: str(rows)}
+    if is_connect(df.sparkSession):
+        return options
+    jvm = df.sparkSession.sparkContext._jvm
+    try:
+        jvm.org.apache.parquet.hadoop.ParquetOutputFormat.BLOCK_ROW_COUNT_LIMIT  # noqa: B018 (a field)
+    except Exception:  # py4j: no such field, so a parquet-java without the row limit
+        row_bytes = max(int(df._jdf.schema().defaultSize()), 1)
+        options[BLOCK_SIZE] = str(max(rows * row_bytes, 1 << 16))
+    return options
+
+
 def write_folder(
     df: Any,
     output: str,
@@ -521,13 +554,15 @@ def write_folder(
     compression: str,
     partition_by: list[str] | None = None,
     cancel: Callable[[], None] | None = None,
+    options: dict[str, str] | None = None,
 ) -> int:
     """Write ``df`` as a Parquet folder published at ``output`` by :func:`scoring.publish.publish_folder`.
 
     ``output`` is a path or a Hadoop URI (``hdfs://``, ``s3a://``, ``abfss://``, ``file://``), passed to
     Hadoop unchanged; the publish goes through the session's Hadoop ``FileSystem``.
     Returns the number of rows, read from the Parquet footers (no second pass over data).
-    ``cancel`` stops the write's own Spark jobs when it fails or is stopped.
+    ``cancel`` stops the write's own Spark jobs when it fails or is stopped; ``options`` are
+    Parquet writer options (:func:`row_group_options`).
     """
     spark = df.sparkSession
     # A Spark Connect client has no JVM, so no Hadoop FileSystem: it publishes through pyarrow's
@@ -541,7 +576,7 @@ def write_folder(
         raise OutputError(f"output '{storage.redact(output)}' is a file; expected the path of a folder")
 
     def write(tmp: str) -> int:
-        writer = df.write.mode("error").option("compression", compression)
+        writer = df.write.mode("error").option("compression", compression).options(**(options or {}))
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         try:
@@ -553,7 +588,7 @@ def write_folder(
                     cancel()
             if not isinstance(exc, Exception) or isinstance(exc, ScoringError):
                 raise
-            raise _scoring_error_in(exc) or _java_error(exc) or QueryError(_first_line(exc)) from None
+            raise _scoring_error_in(exc) or _java_error(exc, output) or QueryError(_first_line(exc)) from None
         return int(spark.read.parquet(tmp).count())  # footers only
 
     return publish.publish_folder(output, write, metadata, mode, folders)
