@@ -170,3 +170,32 @@ def register(case: Case, registered_name: str, aliases: tuple[str, ...] = ()) ->
     for alias in aliases:
         client.set_registered_model_alias(registered_name, alias, version)
     return version
+
+
+def log_external_mlp(case: Case, tracking_uri: str, dst: str) -> tuple[str, Any, np.ndarray, set[str]]:
+    """Log an MLP for ``case`` with mlflow.onnx.log_model's defaults, so its weights go to a file of
+    their own beside model.onnx. Returns its run URI, the estimator, the inputs and the names of
+    the external data files (as downloaded into ``dst``)."""
+    from pathlib import Path
+
+    import mlflow
+    import mlflow.onnx
+    from onnx import numpy_helper
+    from sklearn.neural_network import MLPRegressor
+
+    x = case.frame[case.features].to_numpy(np.float32)
+    est = MLPRegressor(hidden_layer_sizes=(64,), max_iter=50, random_state=1).fit(x, case.estimator.predict(x))
+    onx = convert_sklearn(
+        est, initial_types=[("input", FloatTensorType([None, len(case.features)]))], target_opset=OPSET
+    )
+    # Weights as raw bytes, as torch exports write them: skl2onnx's float lists never go external.
+    for i, tensor in enumerate(list(onx.graph.initializer)):
+        onx.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(onx, **logged_name("model"))  # save_as_external_data=True by default
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=dst))
+    external = {p.name for p in local.iterdir() if p.is_file() and p.name not in ("MLmodel", "model.onnx")}
+    external = {n for n in external if not n.endswith((".yaml", ".txt", ".json")) and "meta" not in n}
+    assert external, f"MLflow stored no external data: {sorted(p.name for p in local.iterdir())}"
+    return f"runs:/{info.run_id}/model", est, x, external

@@ -170,6 +170,31 @@ def test_executor_error_on_connect_is_typed(registry, connect_server, tmp_path):
     assert not out.exists()
 
 
+def test_a_model_with_external_data_scores_on_connect(registry, connect_server, tmp_path):
+    """An MLflow-logged model whose weights are a separate file reaches the Connect server's
+    executors as one archive (addArtifacts(..., archive=True)) and scores like scikit-learn."""
+    from tests.models import log_external_mlp
+
+    case = registry.cases["reg"]
+    uri, est, x, _external = log_external_mlp(case, registry.tracking_uri, str(tmp_path / "mlp"))
+    out = tmp_path / "out" / "scored"
+    out.parent.mkdir()
+    query = f"SELECT x0, mlp({', '.join(case.features)}) AS y FROM r"
+    argv = ["run", "--engine", "spark", "--model", f"mlp={uri}", "--table", f"r={registry.tables['reg']}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoring.cli", *argv, "--query", query, "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=HERE.parent,
+        env=_client_env(registry, tmp_path, SCORING_SPARK_REMOTE=connect_server, SCORING_HOME=str(tmp_path / "h")),
+    )
+    assert proc.returncode == ExitCode.OK, proc.stderr[-3000:]
+    table = pq.read_table(out).sort_by("x0")
+    expected = est.predict(x)[np.argsort(x[:, 0], kind="stable")]
+    np.testing.assert_allclose(table.column("y").to_numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.xfail(
     run=False,
     strict=True,
