@@ -28,8 +28,8 @@ _INPUT_CAUSES = (
 )
 _OUTPUT_CAUSES = ("java.nio.file.FileSystemException", "org.apache.hadoop.fs.FileAlreadyExistsException")
 # A full disk or quota: Java reports the OS error (ENOSPC, EDQUOT) as an IOException whose message is
-# the C library's text for it (java.nio puts that text in FileSystemException.getReason()). Hadoop's
-# local file system wraps it in an FSError on the way up; the class and message of the cause tell it.
+# the C library's text for it (java.nio puts that text in FileSystemException.getReason()); Hadoop's
+# local file system may wrap it (FSError) on the way up. The class and message of the cause tell it.
 _DISK_FULL_CLASSES = ("java.io.IOException", "java.nio.file.FileSystemException")
 _DISK_FULL_REASONS = ("No space left on device", "Disk quota exceeded")
 
