@@ -155,11 +155,12 @@ class TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class _Repeating:
-    """Calls ``tick`` every ``interval`` seconds in a daemon thread until :meth:`stop`; once
-    ``stop`` returns, ``tick`` is never called again. An exception in ``tick`` ends the thread
-    only: progress is never the job's failure."""
+    """Calls ``tick`` every ``interval`` seconds in a daemon thread until :meth:`stop`, then the
+    function it returns, which logs. ``tick`` does the slow part (a call into the JVM) unlocked,
+    so ``stop`` never waits on it; once ``stop`` returns, nothing more is logged. An exception
+    ends the thread only: progress is never the job's failure."""
 
-    def __init__(self, tick: Callable[[], None], interval: float) -> None:
+    def __init__(self, tick: Callable[[], Callable[[], None]], interval: float) -> None:
         self.tick = tick
         self.interval = interval
         self.lock = threading.Lock()
@@ -169,19 +170,20 @@ class _Repeating:
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval):
-            with self.lock:
-                if self.stopped.is_set():
-                    return
-                try:
-                    self.tick()
-                except Exception as exc:
-                    log.debug("Spark progress stopped: %s", exc)
-                    return
+            try:
+                show = self.tick()
+                with self.lock:
+                    if self.stopped.is_set():
+                        return
+                    show()
+            except Exception as exc:
+                log.debug("Spark progress stopped: %s", exc)
+                return
 
     def stop(self) -> None:
-        with self.lock:  # waits for a tick under way, and no tick starts after it
+        with self.lock:  # waits for a line being logged, and none is logged after it
             self.stopped.set()
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=5)  # a JVM call under way ends by itself; the thread is a daemon
 
 
 @contextlib.contextmanager
@@ -192,8 +194,9 @@ def _stage(starting: str, started: str, doing: str, done: str, **fields: Any) ->
     began = time.perf_counter()
     _emit(starting, f"{doing} ...", transient=True, **fields)
 
-    def tick() -> None:
-        _emit(starting, f"{doing} ... {time.perf_counter() - began:.0f} s", transient=True, **fields)
+    def tick() -> Callable[[], None]:
+        message = f"{doing} ... {time.perf_counter() - began:.0f} s"
+        return lambda: _emit(starting, message, transient=True, **fields)
 
     # Only a terminal shows the seconds ticking (it alone listens at DEBUG).
     ticker = _Repeating(tick, 1.0) if log.isEnabledFor(logging.DEBUG) else None
@@ -341,14 +344,15 @@ class _Poller:
         self.interval = LIVE_INTERVAL if log.isEnabledFor(logging.DEBUG) else LINE_INTERVAL
         self.thread = _Repeating(self.tick, self.interval)
 
-    def tick(self) -> None:
+    def tick(self) -> Callable[[], None]:
         counts = self.poll()
         now = time.perf_counter()
         line = now - self.last_line >= LINE_INTERVAL - self.interval / 2
         if line:
             self.last_line = now
         seconds = now - self.began
-        _emit(PROGRESS, f"Spark write: {_describe(counts, seconds)}", transient=not line, **_figures(counts, seconds))
+        message, figures = f"Spark write: {_describe(counts, seconds)}", _figures(counts, seconds)
+        return lambda: _emit(PROGRESS, message, transient=not line, **figures)
 
     def poll(self) -> Counts | None:
         if self.tracker is None:

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     )
     progress: Literal["auto", "off"] = Field(
         "auto",
-        description="Spark progress on stderr: 'auto' logs each stage (session start, model shipping, the "
+        description="Spark progress on stderr: 'auto' logs each stage (session start, tables, model shipping, the "
         "write with its task and row counts): one line updated in place on a terminal, a line per stage and "
         "every 10 s elsewhere, JSON events with JSON logs; 'off' logs none.",
     )

@@ -1,14 +1,16 @@
 """Spark progress (issue 14): the stages of a Spark job on a terminal, in a plain log and in JSON logs.
 
-Each test runs the real CLI in its own process on a real local Spark (one session start each), over
+Each Spark test runs the real CLI in its own process on a real local Spark (one session start each), over
 a table of several files so that the write has several tasks and lasts a few seconds.
 """
 
 from __future__ import annotations
 
 import fcntl
+import io
 import itertools
 import json
+import logging
 import os
 import pty
 import re
@@ -18,6 +20,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -26,9 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from scoring import progress
 from scoring.errors import ExitCode
-
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+from tests.test_spark_connect import connect_server  # noqa: F401  (the module's Connect server fixture)
 
 FILES = 4
 ROWS_PER_FILE = 50_000
@@ -44,12 +47,17 @@ STAGES = [
 ]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture()
 def _spark_available():
     pytest.importorskip("pyspark", reason="pyspark is not installed (the spark extra)")
     java_home = os.environ.get("JAVA_HOME")
     if not (java_home and Path(java_home, "bin", "java").exists()) and shutil.which("java") is None:
         pytest.skip("no Java runtime (java on PATH or JAVA_HOME): the Spark engine cannot start")
+
+
+def spark_test(test):
+    """A test of the real CLI on a real local Spark: skipped with the reason where it cannot run."""
+    return pytest.mark.spark(pytest.mark.slow(pytest.mark.usefixtures("_spark_available")(test)))
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +133,7 @@ def _run_on_a_terminal(cmd: list[str], env: dict[str, str], timeout: float = 300
     return code, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
 
 
+@spark_test
 def test_a_terminal_shows_each_stage_and_the_write_advancing(registry, table, tmp_path):
     code, screen = _run_on_a_terminal(_command(table, tmp_path / "out"), _env(registry, tmp_path))
     assert code == ExitCode.OK, screen
@@ -152,6 +161,7 @@ def test_a_terminal_shows_each_stage_and_the_write_advancing(registry, table, tm
     assert "\r" not in screen[summary:] and not ESCAPE.search(screen[summary:]), repr(screen[summary:])
 
 
+@spark_test
 def test_json_logs_have_one_event_per_stage_in_order(registry, table, tmp_path):
     proc = subprocess.run(
         _command(table, tmp_path / "out", "--log-format", "json"),
@@ -176,6 +186,7 @@ def test_json_logs_have_one_event_per_stage_in_order(registry, table, tmp_path):
     assert json.loads(proc.stdout)["rows"] == ROWS
 
 
+@spark_test
 def test_a_plain_log_has_a_line_per_stage_and_no_terminal_codes(registry, table, tmp_path):
     proc = subprocess.run(
         _command(table, tmp_path / "out"),
@@ -202,6 +213,7 @@ def test_a_plain_log_has_a_line_per_stage_and_no_terminal_codes(registry, table,
     assert all(b - a >= 9 for a, b in itertools.pairwise(seconds)), times
 
 
+@spark_test
 def test_progress_off_logs_no_stage(registry, table, tmp_path):
     proc = subprocess.run(
         _command(table, tmp_path / "out", "--log-format", "json"),
@@ -214,3 +226,70 @@ def test_progress_off_logs_no_stage(registry, table, tmp_path):
     records = [json.loads(line) for line in proc.stderr.splitlines()]
     assert [r for r in records if "event" in r] == []
     assert json.loads(proc.stdout)["rows"] == ROWS
+
+
+@spark_test
+def test_a_connect_session_reports_its_stages_without_counts(registry, table, tmp_path, connect_server):  # noqa: F811
+    """A Spark Connect client has no SparkContext, so no status tracker: stages only, no error."""
+    proc = subprocess.run(
+        _command(table, tmp_path / "out", "--log-format", "json"),
+        env=_env(registry, tmp_path, SCORING_SPARK_REMOTE=connect_server),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == ExitCode.OK, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [r["level"] for r in records] == ["info"] * len(records), records
+    stages = [r for r in records if r.get("event", "").startswith("spark.") and r["event"] != "spark.write.progress"]
+    assert [r["event"] for r in stages] == STAGES, records
+    assert set(stages[-1]) == {"time", "level", "logger", "message", "event", "seconds"}, stages[-1]
+    assert json.loads(proc.stdout)["rows"] == ROWS
+
+
+def _records_of(handler: logging.Handler, body) -> None:
+    log = logging.getLogger("scoring.progress")
+    saved = log.level, log.handlers[:], log.propagate
+    log.setLevel(logging.DEBUG)
+    log.handlers[:] = [handler]
+    log.propagate = False
+    try:
+        body()
+    finally:
+        log.level, log.handlers[:], log.propagate = saved[0], saved[1], saved[2]
+
+
+def _failing_stage() -> None:
+    with progress.shipping("gb", "/no/such/file.onnx"):
+        raise ValueError("shipping failed")
+
+
+def test_a_failed_stage_leaves_the_terminal_line_clear_and_no_line_elsewhere():
+    screen, log = io.StringIO(), io.StringIO()
+    terminal = progress.TerminalHandler(screen)
+    plain = logging.StreamHandler(log)
+    plain.addFilter(progress.LinesOnly())
+    for handler in (terminal, plain):
+        with pytest.raises(ValueError, match="shipping failed"):
+            _records_of(handler, _failing_stage)
+    assert screen.getvalue() == "\rshipping model 'gb' to the executors ...\x1b[K\r\x1b[K"
+    assert log.getvalue() == ""
+
+
+def test_the_write_stage_without_a_spark_context_reports_stages_and_leaves_no_thread():
+    """What a Spark Connect session gets (no SparkContext, so no counts): the stages, no error."""
+
+    def write() -> None:
+        with progress.watch_write(object()):
+            time.sleep(1.2)  # two refreshes of a terminal's line
+
+    screen, log = io.StringIO(), io.StringIO()
+    plain = logging.StreamHandler(log)
+    plain.addFilter(progress.LinesOnly())
+    _records_of(progress.TerminalHandler(screen), write)
+    _records_of(plain, write)
+    text = screen.getvalue()
+    assert text.startswith("Spark write started: running the query and writing Parquet\n"), repr(text)
+    assert "\rSpark write: 1 s\x1b[K" in text and text.endswith("\r\x1b[KSpark write finished: 1 s\n"), repr(text)
+    assert log.getvalue() == "Spark write started: running the query and writing Parquet\nSpark write finished: 1 s\n"
+    assert [t for t in threading.enumerate() if t.name == "scoring-progress"] == []
