@@ -13,7 +13,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from scoring import storage, types
-from scoring.engines import ModelCatalog, batch, check_sql_name, check_table_path, table_scan
+from scoring.engines import ModelCatalog, batch, check_sql_name, check_table_path
 from scoring.errors import InputDataError, QueryError, QueryRefusedError, SchemaMismatchError, ScoringError
 from scoring.model import Model, ScoringStats
 from scoring.publish import write_parquet
@@ -165,6 +165,9 @@ class DuckDBEngine(ModelCatalog):
             dataset = storage.open_dataset(path)
         except ScoringError as exc:
             raise type(exc)(f"table '{name}': {exc}") from None
+        # Imported here, as storage imports pyarrow.dataset: it imports pandas where installed (~0.3 s).
+        from scoring.engines import table_scan
+
         # Scanned one row group at a time: pyarrow's own scanner reads ahead without limit (table_scan).
         streamed = table_scan.streamed(dataset)
         self.tables[name] = streamed  # the connection holds a reference only while this one lives
