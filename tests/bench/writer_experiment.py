@@ -49,7 +49,8 @@ def write_duckdb(table: pa.Table, path: Path) -> None:
     con = duckdb.connect()
     stream = _stream(table)
     con.register("stream", stream)
-    con.execute(f"COPY (SELECT * FROM stream) TO '{path}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP})")
+    options = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP}"
+    con.execute(f"COPY (SELECT * FROM stream) TO '{path}' ({options})")
     con.close()
 
 
