@@ -14,20 +14,26 @@ python:
 	@test -n "$(PY)" || { echo "no supported Python ($(SUPPORTED)) found on PATH or under pyenv; set PY=/path/to/python3.x" >&2; exit 2; }
 	@echo "using $(PY) ($$($(PY) -c 'import platform; print("Python", platform.python_version())'))"
 
+# Packages go in with uv (from PyPI, into the venv itself): it resolves and installs the example's
+# ~65 packages in seconds where pip takes over a minute. Where uv cannot be installed (no wheel for
+# the platform), pip does the same job, only slower.
+INSTALL = if [ -x $(BIN)/uv ]; then $(BIN)/uv pip install --quiet --python $(BIN)/python $(1); \
+	else $(BIN)/pip install --quiet $(1); fi
+
 $(VENV)/bin/python: | python
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet uv || $(BIN)/pip install --quiet --upgrade pip
 
 # `make run` installs only what the job and its example need; `make test` adds the test and lint tools.
 setup-run: $(VENV)/.installed-run
 setup: $(VENV)/.installed-dev
 
 $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e '.[example]'
+	$(call INSTALL,-e '.[example]')
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(call INSTALL,-e '.[dev]')
 	touch $(VENV)/.installed-run $@
 
 run: setup-run

@@ -18,9 +18,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -197,6 +199,7 @@ def _connect(remote: str, app_name: str) -> Any:
         import pyspark
 
         raise EngineUnavailableError(f"pyspark {pyspark.__version__} has no Spark Connect client (3.4+)")
+    _check_reachable(remote)
     try:
         with warnings.catch_warnings():  # pyspark's advice about pandas 3 is not the job's output
             warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
@@ -212,6 +215,34 @@ def _connect(remote: str, app_name: str) -> Any:
         ) from None
     _quiet_query_context_loggers()
     return spark
+
+
+CONNECT_DEFAULT_PORT = 15002  # Spark Connect's own default, as the client assumes without a port
+CONNECT_PROBE_SECONDS = 10.0
+
+
+def _check_reachable(remote: str) -> None:
+    """Fail at once when nothing listens at the Connect URL's address.
+
+    The pyspark client retries a refused connection with exponential backoff for many minutes
+    before it gives up, and its retry policy is not public API on every version; a job that is
+    pointed at the wrong address should say so in seconds.
+    """
+    parts = urllib.parse.urlsplit(remote)
+    try:
+        host, port = parts.hostname or "localhost", parts.port or CONNECT_DEFAULT_PORT
+    except ValueError:
+        raise EngineUnavailableError(
+            f"Spark Connect server {shown_remote(remote)} cannot be used: its URL has no valid port"
+        ) from None
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_PROBE_SECONDS).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise EngineUnavailableError(
+            f"Spark Connect server {shown_remote(remote)} cannot be used: {host}:{port} is unreachable "
+            f"({reason}); check SCORING_SPARK_REMOTE and that the server runs"
+        ) from None
 
 
 def _quiet_query_context_loggers() -> None:
