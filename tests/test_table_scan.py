@@ -9,6 +9,7 @@ import pytest
 
 from scoring.engines.duckdb import DuckDBEngine
 from scoring.engines.table_scan import StreamedDataset
+from scoring.errors import InputDataError
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,17 @@ def test_the_scanner_reads_one_row_group_per_batch(engine):
     reader = engine.tables["t"].scanner(columns=["id"]).to_reader()
     first = reader.read_next_batch()
     assert first.num_rows == 128 and first.schema.names == ["id"]
+
+
+def test_a_corrupt_file_after_good_ones_fails_the_query_as_it_starts(tmp_path):
+    # Read lazily, the broken footer would surface midway, re-raised by pyarrow and no longer as
+    # DuckDB's error class: the job would exit 1 instead of 9 (an input error).
+    pq.write_table(pa.table({"x": [float(i) for i in range(5000)]}), tmp_path / "part-0.parquet", row_group_size=100)
+    (tmp_path / "part-1.parquet").write_bytes(b"PAR1" + b"\x00" * 64 + b"\x10\x00\x00\x00PAR1")
+    engine = DuckDBEngine()
+    try:
+        engine.register_table("t", str(tmp_path))
+        with pytest.raises(InputDataError, match=r"part-1\.parquet"):
+            engine.execute("SELECT x FROM t", 100)
+    finally:
+        engine.close()

@@ -39,20 +39,27 @@ class StreamedDataset(ds.FileSystemDataset):
     """A pyarrow file dataset whose ``scanner`` reads one row group at a time, on demand."""
 
     def scanner(self, columns: Any = None, filter: Any = None, **_: Any) -> Any:  # pyarrow's names
-        """Scan ``columns`` of the rows matching ``filter``, one row group read per batch pulled."""
-        schema = super().scanner(columns=columns, filter=filter).projected_schema
-        return _Scan(pa.RecordBatchReader.from_batches(schema, self._batches(columns, filter)))
+        """Scan ``columns`` of the rows matching ``filter``, one row group read per batch pulled.
 
-    def _batches(self, columns: Any, filter: Any) -> Iterator[pa.RecordBatch]:
-        for fragment in self.get_fragments(filter=filter):
-            pieces = (
-                fragment.split_by_row_group(filter=filter, schema=self.schema)
-                if isinstance(fragment, ds.ParquetFileFragment)
-                else [fragment]
-            )
-            for piece in pieces:
-                table = piece.to_table(schema=self.schema, columns=columns, filter=filter)
-                yield from table.to_batches()
+        Every file's footer is read here, before the first batch: a file that is not Parquet
+        fails the query as it starts, as pyarrow's scanner made it fail (an input error, exit 9),
+        rather than midway through the stream, where DuckDB's error reaches the job re-raised
+        by pyarrow and no longer as DuckDB's own class.
+        """
+        schema = super().scanner(columns=columns, filter=filter).projected_schema
+        pieces = [
+            piece for fragment in self.get_fragments(filter=filter) for piece in self._row_groups(fragment, filter)
+        ]
+        return _Scan(pa.RecordBatchReader.from_batches(schema, self._batches(pieces, columns, filter)))
+
+    def _row_groups(self, fragment: Any, filter: Any) -> list[Any]:
+        if isinstance(fragment, ds.ParquetFileFragment):
+            return list(fragment.split_by_row_group(filter=filter, schema=self.schema))
+        return [fragment]
+
+    def _batches(self, pieces: list[Any], columns: Any, filter: Any) -> Iterator[pa.RecordBatch]:
+        for piece in pieces:
+            yield from piece.to_table(schema=self.schema, columns=columns, filter=filter).to_batches()
 
 
 def streamed(dataset: ds.FileSystemDataset) -> StreamedDataset:
