@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from scoring import __version__
+from scoring import __version__, progress
 from scoring.errors import ConfigError, ExitCode, JobInterrupted, ScoringError, UsageError
 from scoring.redact import redact
 from scoring.settings import Settings, load_settings
@@ -153,6 +153,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--null", choices=["null", "nan", "error"], help=_help("null"))
     run.add_argument("--threads", type=int, help=_help("threads"))
     run.add_argument("--ort-threads", type=int, help=_help("ort_threads"))
+    run.add_argument("--progress", choices=["auto", "off"], help=_help("progress"))
     _common(run)
     run.set_defaults(run_parser=run)
 
@@ -200,18 +201,31 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        # A progress record's event name and figures (numbers and a model name), never over a key above.
+        entry.update({k: v for k, v in progress.event_fields(record).items() if k not in entry})
         if record.exc_info:
             entry["traceback"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry)
 
 
 def _setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # On a terminal the Spark stages share one line rewritten in place; elsewhere (a file, a pipe,
+    # JSON) a line per stage and a progress line every 10 s, never a carriage return.
+    terminal = settings.log_format == "text" and sys.stderr.isatty()
+    handler = progress.TerminalHandler(sys.stderr) if terminal else logging.StreamHandler(sys.stderr)
+    if not terminal:
+        handler.addFilter(progress.LinesOnly())
+    if settings.progress == "off":
+        progress.log.setLevel(logging.WARNING)
+    else:  # the in-place updates are DEBUG records: only a terminal's handler shows them
+        progress.log.setLevel(logging.DEBUG if terminal else logging.NOTSET)
     if settings.log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("scoring")
+    for previous in root.handlers:  # an earlier main() in this process (a terminal's handler owns a descriptor)
+        previous.close()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
     root.propagate = False
@@ -410,6 +424,9 @@ def _final_error(
     shaped like the log lines (log collectors that parse JSON lines would drop a text line).
     Redacted like every log line: a bad --model value may carry a registry password."""
     message = redact(message)
+    for handler in logging.getLogger("scoring").handlers:  # a progress line left open ends first
+        if isinstance(handler, progress.TerminalHandler):
+            handler.finish()
     if as_json:
         record = {
             "time": logging.Formatter().formatTime(logging.makeLogRecord({})),
@@ -443,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             null=getattr(args, "null", None),
             threads=getattr(args, "threads", None),
             ort_threads=getattr(args, "ort_threads", None),
+            progress=getattr(args, "progress", None),
             tracking_uri=args.tracking_uri,
             log_format=args.log_format,
             debug=args.debug,

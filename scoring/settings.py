@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         description="Spark UDF kind of the models: 'auto' (Arrow UDF where pyspark has arrow_udf, 4.1+; "
         "else iterator pandas UDF), 'arrow' or 'pandas'.",
     )
+    progress: Literal["auto", "off"] = Field(
+        "auto",
+        description="Spark progress on stderr: 'auto' logs each stage (session start, tables, model shipping, the "
+        "write with its task and row counts): one line updated in place on a terminal, a line per stage and "
+        "every 10 s elsewhere, JSON events with JSON logs; 'off' logs none.",
+    )
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON.")
     debug: bool = Field(False, description="Show tracebacks on errors.")
 

@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 from sqlglot import exp
 
-from scoring import publish, storage
+from scoring import progress, publish, storage
 from scoring.engines import ModelCatalog, check_sql_name, check_table_path
 from scoring.engines.spark_udfs import ShippedModel, choose_kind, model_udf, require_pyspark
 from scoring.errors import (
@@ -106,6 +106,7 @@ def shown_remote(remote: str) -> str:
     return remote.split(";", 1)[0].rstrip("/")
 
 
+@progress.session_stage
 def start_session(
     master: str, app_name: str = "scoring", jvm_log: Path | None = None, remote: str | None = None
 ) -> Any:
@@ -311,7 +312,8 @@ class SparkEngine(ModelCatalog):
     def register_model(self, name: str, model: Model) -> None:
         """Register ``model`` as the Spark SQL function ``name`` (an Arrow or pandas UDF)."""
         check_sql_name(name, "model")
-        file_name = self._ship(model)
+        with progress.shipping(name, model.ref.path):
+            file_name = self._ship(model)
         threads = int(self.spark.conf.get("spark.task.cpus", "1") or 1)
         # Spark Connect has no accumulators: its rows are not counted (rows_scored says so).
         rows = None if self.connect else self.spark.sparkContext.accumulator(0)
@@ -359,7 +361,8 @@ class SparkEngine(ModelCatalog):
         """Expose Parquet at ``path`` (file, folder or glob) as a temporary view."""
         check_table_path(name, path)
         try:
-            self.spark.read.parquet(path).createOrReplaceTempView(name)
+            with progress.opening(name):
+                self.spark.read.parquet(path).createOrReplaceTempView(name)
         except Exception as exc:
             raise InputDataError(f"table '{name}': cannot read Parquet at '{path}': {_first_line(exc)}") from None
 
@@ -418,7 +421,7 @@ class SparkEngine(ModelCatalog):
         """
         df = self.dataframe(sql)
         metadata = {**metadata, **self.details()}
-        with self._own_jobs() as cancel:
+        with self._own_jobs() as cancel, progress.watch_write(self.spark, settings):
             return write_folder(df, output, metadata, settings.mode, settings.compression, cancel=cancel)
 
     @contextlib.contextmanager
