@@ -11,10 +11,12 @@ regression, all skl2onnx with one [N, 20] float input and outputs ``label``, ``p
 (d) the whole ``scoring run --engine duckdb`` process, function form and T-SQL ``PREDICT`` form,
     each on the batch path (the default, ``SCORING_BATCH_SCORING=auto``) and on the UDF path
     (``off``: the "before" figures); the path that ran is read from the run manifest;
-(e) the whole ``scoring run --engine spark`` process (local[2]), gradient boosting only;
+(e) the whole ``scoring run --engine spark`` process (local[2]), gradient boosting only, once per UDF
+    kind (``SCORING_SPARK_UDF=arrow``: pyspark >= 4.1, and ``pandas``);
 (f) ``mlflow.pyfunc.spark_udf`` in its own process with its own local[2] SparkSession, and the
     same process with no model, reading and writing the same columns plus one computed column;
-and the peak memory of a DuckDB job over ``--memory-rows`` rows.
+and the peak memory of the cheapest model's DuckDB job, batch and UDF path, over a quarter of
+``--memory-rows`` rows and over all of them: flat in N when the second is at most 1.25x the first.
 
 The limit of a DuckDB job is (c, bare) + (a) + (b, the COPY statement); the limit of the Spark
 job is (f, no model: JVM start included) + (a) on the Spark rows. ``make bench`` prints each
@@ -83,7 +85,12 @@ DUCKDB_PATHS = (
     ("DuckDB job, UDF path", "FN", None, "off"),
     ("DuckDB job (T-SQL), UDF path", "TSQL", "tsql", "off"),
 )
-TARGET_MEMORY = 1.5e9
+# Peak memory is flat in N when the job over --memory-rows rows peaks at most this much above
+# the same job over --rows rows (the RSS of a process is never exactly equal run to run).
+MEMORY_FLAT = 1.25
+# The Spark job on each UDF kind (scoring/engines/spark_udfs.py): Arrow UDF (pyspark >= 4.1), pandas UDF.
+SPARK_PATHS = (("Spark job (Arrow UDF)", "arrow"), ("Spark job (pandas UDF)", "pandas"))
+MEMORY_PATHS = (("DuckDB memory, batch path", "auto"), ("DuckDB memory, UDF path", "off"))
 POLL_S = 0.05  # as in measure_child.py
 MB = 1e6
 
@@ -509,7 +516,11 @@ class Bench:
         models = prepare.models(self.work, self.log)
         source = prepare.data_table(self.work, args.rows, self.log)
         spark_source = prepare.data_table(self.work, args.spark_rows, self.log) if args.spark else None
-        memory_source = prepare.data_table(self.work, args.memory_rows, self.log) if args.memory_rows else None
+        memory_sources = (
+            [(n, prepare.data_table(self.work, n, self.log)) for n in (args.memory_rows // 4, args.memory_rows)]
+            if args.memory_rows
+            else []
+        )
         for key in keys:  # pin each model into the job's cache once, outside every timing
             proc = run_process([str(BIN / "scoring"), "models", "inspect", models[key].uri], self.env)
             if proc.rc != 0:
@@ -548,16 +559,35 @@ class Bench:
             spark_matrix = prepare.read_matrix(spark_source)
             self.raw_ort("gb", models["gb"], spark_matrix, path="onnxruntime (ceiling, Spark rows)")
             del spark_matrix
-            self.job(
-                "Spark job", "gb", models["gb"], spark_source, args.spark_rows, engine="spark", times=args.spark_repeat
-            )
+            for label, kind in SPARK_PATHS:  # a kind this pyspark lacks is reported unavailable (exit 2)
+                env = dict(self.env, SCORING_SPARK_UDF=kind)
+                self.job(
+                    label,
+                    "gb",
+                    models["gb"],
+                    spark_source,
+                    args.spark_rows,
+                    engine="spark",
+                    env=env,
+                    times=args.spark_repeat,
+                    note=f", SCORING_SPARK_UDF={kind}",
+                )
             self.spark_udf(spark_source, args.spark_rows)
             self.spark_udf(spark_source, args.spark_rows, model=False)
 
-        if memory_source is not None:
-            self.log(f"\nmemory: DuckDB job, gb, {args.memory_rows:,} rows")
-            warm_file(memory_source)
-            self.job("DuckDB job (memory)", "gb", models["gb"], memory_source, args.memory_rows, times=1)
+        if memory_sources:
+            # The cheapest model: the check is about the read -> score -> write path holding
+            # a bounded number of batches, and a slow model would only make the run longer.
+            # A quarter of --memory-rows as the smaller size: from about 1M rows on, the
+            # pipeline's buffers are full, so below that the peak still grows with N.
+            key = "lr" if "lr" in keys else keys[0]
+            sizes = " and ".join(f"{n:,}" for n, _ in memory_sources)
+            self.log(f"\nmemory: DuckDB job, {key}, {sizes} rows, both paths")
+            for label, batch in MEMORY_PATHS:
+                env = dict(self.env, SCORING_BATCH_SCORING=batch)
+                for rows, table_path in memory_sources:
+                    warm_file(table_path)
+                    self.job(f"{label} at {rows:,}", key, models[key], table_path, rows, env=env, times=1)
 
         meta["load_after"] = list(os.getloadavg())
         return {
@@ -599,14 +629,17 @@ class Bench:
                     "rows": args.rows,
                     "target_rows": 2_000_000,
                 }
-        spark = self.find("Spark job", "gb")
         udf = self.find("mlflow spark_udf", "gb")
         floor = self.find("Spark copy (no model)", "-")
         spark_ort = self.find("onnxruntime (ceiling, Spark rows)", "gb")
-        out["spark"] = None
-        if spark and spark.seconds and floor and floor.seconds and spark_ort and spark_ort.seconds:
+        out["spark"] = {}
+        for label, kind in SPARK_PATHS:
+            spark = self.find(label, "gb")
+            if not (spark and spark.seconds and floor and floor.seconds and spark_ort and spark_ort.seconds):
+                continue
             limit = floor.seconds + spark_ort.seconds
-            out["spark"] = {
+            out["spark"][label] = {
+                "udf_kind": kind,
                 "spark_job_s": spark.seconds,
                 "spark_copy_s": floor.seconds,
                 "ort_s": spark_ort.seconds,
@@ -614,28 +647,29 @@ class Bench:
                 "ratio": spark.seconds / limit,
                 "target": SPARK_TARGET_RATIO,
                 "met": spark.seconds / limit <= SPARK_TARGET_RATIO,
+                "spark_udf_s": udf.seconds if udf else None,
+                "speedup": udf.seconds / spark.seconds if udf and udf.seconds else None,
                 "rows": args.spark_rows,
                 "target_rows": 4_000_000,
             }
-        out["spark_speedup"] = None
-        if spark and udf and spark.seconds and udf.seconds:
-            out["spark_speedup"] = {
-                "spark_job_s": spark.seconds,
-                "spark_udf_s": udf.seconds,
-                "speedup": udf.seconds / spark.seconds,
-                "rows": args.spark_rows,
+        out["memory"] = {}
+        for label, _ in MEMORY_PATHS:
+            sizes = (f"{label} at {args.memory_rows // 4:,}", f"{label} at {args.memory_rows:,}")
+            found = [r for r in self.rows if r.path in sizes]
+            if len(found) != 2 or not all(r.tree_rss for r in found):
+                continue
+            small, large = sorted(found, key=lambda r: r.rows)
+            growth = large.tree_rss / small.tree_rss  # type: ignore[operator]
+            out["memory"][label] = {
+                "model": small.model,
+                "rows": [small.rows, large.rows],
+                "tree_rss_bytes": [small.tree_rss, large.tree_rss],
+                "maxrss_bytes": [small.maxrss, large.maxrss],
+                "growth": growth,
+                "target": MEMORY_FLAT,
+                "met": growth <= MEMORY_FLAT,
+                "scoring_path": large.extra.get("scoring_path"),
             }
-        memory = self.find("DuckDB job (memory)", "gb")
-        if memory and memory.tree_rss:
-            out["memory"] = {
-                "tree_rss_bytes": memory.tree_rss,
-                "maxrss_bytes": memory.maxrss,
-                "at_2m_bytes": (self.find("DuckDB job", "gb") or memory).tree_rss,
-                "rows": args.memory_rows,
-                "scoring_path": memory.extra.get("scoring_path"),
-            }
-        else:
-            out["memory"] = None
         return out
 
 
@@ -708,28 +742,27 @@ def ratio_lines(results: dict[str, Any]) -> list[str]:
             f"{r['startup_s']:.2f} start-up = {r['limit_s']:.2f} s) = {r['ratio']:.2f}{verdict}"
             + ("" if r["cpu_ratio"] is None else f"  [cpu-seconds ratio {r['cpu_ratio']:.2f}]")
         )
-    s = ratios["spark"]
-    if s:
+    for label, s in ratios["spark"].items():
         at = "" if s["rows"] == s["target_rows"] else " (at 4M rows)"
         lines.append(
-            f"{'Spark job gb':<36} {s['spark_job_s']:6.2f} s / ({s['ort_s']:.2f} ort + {s['spark_copy_s']:.2f} "
+            f"{label + ' gb':<36} {s['spark_job_s']:6.2f} s / ({s['ort_s']:.2f} ort + {s['spark_copy_s']:.2f} "
             f"Spark read+write = {s['limit_s']:.2f} s) = {s['ratio']:.2f}  target <= {s['target']:.2f}{at}: "
             f"{'met' if s['met'] else 'NOT MET'}"
+            + (
+                ""
+                if s["speedup"] is None
+                else f"; {s['speedup']:.2f}x faster than spark_udf ({s['spark_udf_s']:.2f} s)"
+            )
         )
-    elif results["args"]["spark"]:
+    if results["args"]["spark"] and len(ratios["spark"]) < len(SPARK_PATHS):
         why = "; ".join(f"{k}: {v}" for k, v in results["unavailable"].items() if "park" in k) or "not measured"
-        lines.append(f"{'Spark job gb':<36} n/a ({why})")
-    u = ratios["spark_speedup"]
-    if u:
+        lines.append(f"{'Spark job gb':<36} some paths n/a ({why})")
+    for label, m in (ratios.get("memory") or {}).items():
+        small, large = (b / 1e9 for b in m["tree_rss_bytes"])
         lines.append(
-            f"{'Spark job vs spark_udf':<36} {u['spark_udf_s']:.2f} s / {u['spark_job_s']:.2f} s = {u['speedup']:.2f}x"
-        )
-    m = ratios["memory"]
-    if m:
-        lines.append(
-            f"{'DuckDB job peak memory':<36} {m['tree_rss_bytes'] / 1e9:.2f} GB tree RSS "
-            f"({m['maxrss_bytes'] / 1e9:.2f} GB maxrss) at {m['rows']:,} rows, {m['scoring_path']} path; "
-            f"{m['at_2m_bytes'] / 1e9:.2f} GB at {results['args']['rows']:,} rows (flat in N if equal)"
+            f"{label + ' peak memory':<36} {small:.2f} GB at {m['rows'][0]:,} rows, {large:.2f} GB at "
+            f"{m['rows'][1]:,} ({m['model']}, tree RSS) = {m['growth']:.2f}x  flat (<= {m['target']:.2f}x): "
+            f"{'met' if m['met'] else 'NOT MET'}"
         )
     return lines
 
@@ -745,7 +778,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         "DuckDB job",
         "DuckDB job (T-SQL PREDICT)",
         "DuckDB copy (as the job writes)",
-        "Spark job",
+        *(label for label, _ in SPARK_PATHS),
         "mlflow spark_udf",
     ]
     rows = results["rows"]
@@ -795,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-rows",
         type=int,
         default=10_000_000,
-        help="rows of the DuckDB job whose peak memory is checked (default 10M; 0 skips)",
+        help="rows of the DuckDB job whose peak memory is checked against a quarter of them (default 10M; 0 skips)",
     )
     parser.add_argument("--no-spark", dest="spark", action="store_false", help="skip the Spark job and spark_udf")
     parser.add_argument(
@@ -825,6 +858,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rows < 1 or args.spark_rows < 1 or args.memory_rows < 0 or min(args.repeat, args.spark_repeat) < 1:
         parser.error("--rows, --spark-rows and --repeat must be positive, --memory-rows >= 0")
+    if 0 < args.memory_rows < 4:
+        parser.error("--memory-rows: at least 4 (memory is compared between a quarter of it and all of it), or 0")
 
     bench = Bench(args)
     results = bench.run()
