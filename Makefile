@@ -16,8 +16,9 @@ python:
 
 # Packages go in with uv (from PyPI, into the venv itself): it resolves and installs the example's
 # ~65 packages in seconds where pip takes over a minute. Where uv cannot be installed (no wheel for
-# the platform), pip does the same job, only slower.
-INSTALL = if [ -x $(BIN)/uv ]; then $(BIN)/uv pip install --quiet --python $(BIN)/python $(1); \
+# the platform), pip does the same job, only slower. Bytecode is compiled at install, as pip does, so
+# that no run pays for it (and a PYTHONDONTWRITEBYTECODE environment would pay on every run).
+INSTALL = if [ -x $(BIN)/uv ]; then $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(1); \
 	else $(BIN)/pip install --quiet $(1); fi
 
 $(VENV)/bin/python: | python
