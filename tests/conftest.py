@@ -144,3 +144,54 @@ def spark_ready():
     spark = start_session("local[2]", "scoring-tests")
     yield spark
     spark.stop()
+
+
+CONNECT_TOKEN = "connect-test-secret-7f3a"  # the local Connect server's token: never printed
+
+
+def skip_without_a_connect_server() -> None:
+    """Skip, with the reason, where pyspark has no Connect server or client libraries."""
+    pyspark = pytest.importorskip("pyspark")
+    jars = Path(pyspark.__file__).parent / "jars"
+    if not list(jars.glob("spark-connect_*.jar")):
+        pytest.skip(f"pyspark {pyspark.__version__} bundles no Spark Connect server (pyspark 4.0+ does)")
+    try:
+        import grpc  # noqa: F401
+        import grpc_status  # noqa: F401
+    except ImportError:
+        pytest.skip('the Spark Connect client libraries are missing: pip install "pyspark[connect]"')
+
+
+@pytest.fixture(scope="module")
+def connect_server(tmp_path_factory) -> Iterator[str]:
+    """A local Connect server on a free port; yields the client URL (token included)."""
+    skip_without_a_connect_server()
+    port = free_port()
+    log = tmp_path_factory.mktemp("connect") / "server.log"
+    env = {**os.environ, "SPARK_CONNECT_AUTHENTICATE_TOKEN": CONNECT_TOKEN}
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "spark_connect_server.py"), str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            text=True,
+            env=env,
+            cwd=Path(__file__).parent.parent,
+        )
+    try:
+        assert proc.stdout is not None
+        started = time.monotonic()
+        line = proc.stdout.readline()  # "ready", or "" if it died
+        if line.strip() != "ready":
+            pytest.fail(f"Connect server did not start: {log.read_text()[-3000:]}")
+        print(f"Connect server on port {port} ready in {time.monotonic() - started:.1f} s")
+        yield f"sc://localhost:{port}/;token={CONNECT_TOKEN}"
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

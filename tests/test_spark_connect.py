@@ -12,8 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,58 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from scoring.errors import ExitCode
-from tests.conftest import free_port
+from tests.conftest import CONNECT_TOKEN as TOKEN
+from tests.conftest import free_port, skip_without_a_connect_server
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 HERE = Path(__file__).parent
-TOKEN = "connect-test-secret-7f3a"
-
-
-def _skip_without_a_connect_server() -> None:
-    pyspark = pytest.importorskip("pyspark")
-    jars = Path(pyspark.__file__).parent / "jars"
-    if not list(jars.glob("spark-connect_*.jar")):
-        pytest.skip(f"pyspark {pyspark.__version__} bundles no Spark Connect server (pyspark 4.0+ does)")
-    try:
-        import grpc  # noqa: F401
-        import grpc_status  # noqa: F401
-    except ImportError:
-        pytest.skip('the Spark Connect client libraries are missing: pip install "pyspark[connect]"')
-
-
-@pytest.fixture(scope="module")
-def connect_server(tmp_path_factory) -> Iterator[str]:
-    """A local Connect server on a free port; yields the client URL (token included)."""
-    _skip_without_a_connect_server()
-    port = free_port()
-    log = tmp_path_factory.mktemp("connect") / "server.log"
-    env = {**os.environ, "SPARK_CONNECT_AUTHENTICATE_TOKEN": TOKEN}
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "spark_connect_server.py"), str(port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=sink,
-            text=True,
-            env=env,
-            cwd=HERE.parent,
-        )
-    try:
-        assert proc.stdout is not None
-        started = time.monotonic()
-        line = proc.stdout.readline()  # "ready", or "" if it died
-        if line.strip() != "ready":
-            pytest.fail(f"Connect server did not start: {log.read_text()[-3000:]}")
-        print(f"Connect server on port {port} ready in {time.monotonic() - started:.1f} s")
-        yield f"sc://localhost:{port}/;token={TOKEN}"
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _client_env(registry, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -196,7 +147,7 @@ def test_a_model_with_external_data_scores_on_connect(registry, connect_server, 
 
 
 def test_an_unreachable_connect_server_is_exit_11(registry, tmp_path):
-    _skip_without_a_connect_server()
+    skip_without_a_connect_server()
     url = f"sc://localhost:{free_port()}/;token={TOKEN}"
     proc, out = _cli(registry, url, tmp_path, registry.tables["gb"])
     assert proc.returncode == ExitCode.ENGINE_UNAVAILABLE, proc.stderr[-3000:]

@@ -31,7 +31,6 @@ import pytest
 
 from scoring import progress
 from scoring.errors import ExitCode
-from tests.test_spark_connect import connect_server  # noqa: F401  (the module's Connect server fixture)
 
 FILES = 4
 ROWS_PER_FILE = 50_000
@@ -229,7 +228,7 @@ def test_progress_off_logs_no_stage(registry, table, tmp_path):
 
 
 @spark_test
-def test_a_connect_session_reports_its_stages_without_counts(registry, table, tmp_path, connect_server):  # noqa: F811
+def test_a_connect_session_reports_its_stages_without_counts(registry, table, tmp_path, connect_server):
     """A Spark Connect client has no SparkContext, so no status tracker: stages only, no error."""
     proc = subprocess.run(
         _command(table, tmp_path / "out", "--log-format", "json"),
