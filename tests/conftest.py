@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,6 +146,38 @@ def spark_ready():
     spark = start_session("local[2]", "scoring-tests")
     yield spark
     spark.stop()
+
+
+def spark_run_args(
+    table: Path | str, out: Path | str, query: str, *extra: str, model: str = "gb=models:/gb/1"
+) -> list[str]:
+    """The arguments of a ``scoring run --engine spark`` over one table ``t`` (after the program)."""
+    return [
+        "run",
+        "--engine",
+        "spark",
+        "--model",
+        model,
+        "--table",
+        f"t={table}",
+        "--query",
+        query,
+        "--output",
+        str(out),
+        *extra,
+    ]
+
+
+def run_json_script(script: str, *argv: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run ``tests/<script>`` in a subprocess of its own (a Spark master or cluster of its own);
+    return the process and the JSON report on the last line of its stdout (None if it failed)."""
+    here = Path(__file__).parent
+    proc = subprocess.run(
+        [sys.executable, str(here / script), *argv], capture_output=True, text=True, timeout=600, cwd=here.parent
+    )
+    lines = proc.stdout.strip().splitlines()
+    report = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+    return proc, report
 
 
 CONNECT_TOKEN = "connect-test-secret-7f3a"  # the local Connect server's token: never printed

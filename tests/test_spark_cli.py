@@ -11,6 +11,7 @@ import pytest
 
 from scoring.cli import main
 from scoring.errors import ExitCode
+from tests.conftest import spark_run_args
 
 pytestmark = pytest.mark.spark
 
@@ -86,22 +87,7 @@ def test_missing_java_says_what_to_install(registry, tmp_path):
     env.update(registry.env(), PATH=str(tmp_path), SCORING_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "out"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scoring.cli",
-            "run",
-            "--engine",
-            "spark",
-            "--model",
-            "gb=models:/gb/1",
-            "--table",
-            f"t={registry.tables['gb']}",
-            "--query",
-            "SELECT 1",
-            "--output",
-            str(out),
-        ],
+        [sys.executable, "-m", "scoring.cli", *spark_run_args(registry.tables["gb"], str(out), "SELECT 1")],
         env=env,
         capture_output=True,
         text=True,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from scoring.errors import ExitCode
+from tests.conftest import spark_run_args
 
 # `sys.modules[name] = None` makes every `import pyspark` raise ModuleNotFoundError, exactly as
 # where the package is not installed; the rest of the interpreter is the test's own.
@@ -21,17 +22,9 @@ def test_the_spark_engine_without_pyspark_is_one_line_and_exit_11(registry, tmp_
             sys.executable,
             "-c",
             WITHOUT_PYSPARK,
-            "run",
-            "--engine",
-            "spark",
-            "--model",
-            "gb=models:/gb/1",
-            "--table",
-            f"t={registry.tables['gb']}",
-            "--query",
-            "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t",
-            "--output",
-            str(out),
+            *spark_run_args(
+                registry.tables["gb"], str(out), "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t"
+            ),
         ],
         env={**registry.env(), "SCORING_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
         capture_output=True,

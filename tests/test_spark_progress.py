@@ -31,6 +31,7 @@ import pytest
 
 from scoring import progress
 from scoring.errors import ExitCode
+from tests.conftest import spark_run_args
 
 FILES = 4
 ROWS_PER_FILE = 50_000
@@ -74,23 +75,7 @@ def table(registry, tmp_path_factory) -> Path:
 
 
 def _command(table: Path, out: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "scoring.cli",
-        "run",
-        "--engine",
-        "spark",
-        "--model",
-        "gb=models:/gb/1",
-        "--table",
-        f"t={table}",
-        "--query",
-        QUERY,
-        "--output",
-        str(out),
-        *args,
-    ]
+    return [sys.executable, "-m", "scoring.cli", *spark_run_args(table, out, QUERY, *args)]
 
 
 def _env(registry, tmp_path: Path, **extra: str) -> dict[str, str]:

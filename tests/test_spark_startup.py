@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from scoring.errors import ExitCode
+from tests.conftest import spark_run_args
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -45,17 +46,11 @@ def test_sigterm_during_session_start_leaves_no_jvm(registry, tmp_path, delay):
             sys.executable,
             "-m",
             "scoring.cli",
-            "run",
-            "--engine",
-            "spark",
-            "--model",
-            "gb=models:/gb/1",
-            "--table",
-            f"t={registry.tables['gb']}",
-            "--query",
-            "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t",
-            "--output",
-            str(tmp_path / "out"),
+            *spark_run_args(
+                registry.tables["gb"],
+                str(tmp_path / "out"),
+                "SELECT id, gb(f0, f1, f2, f3, f4, f5).label AS label FROM t",
+            ),
         ],
         env=env,
         stderr=subprocess.PIPE,

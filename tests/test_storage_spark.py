@@ -4,13 +4,12 @@ real local-cluster (two executor JVMs), results equal to scikit-learn's."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
+from tests.conftest import run_json_script
 
 pytestmark = pytest.mark.spark
 
@@ -18,16 +17,10 @@ pytestmark = pytest.mark.spark
 def test_file_uris_and_plain_paths_on_local_cluster(registry, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    script = Path(__file__).with_name("spark_storage_job.py")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(registry.tables["gb"]), registry.tracking_uri, str(tmp_path / "c"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=Path(__file__).parent.parent,
+    proc, report = run_json_script(
+        "spark_storage_job.py", str(registry.tables["gb"]), registry.tracking_uri, str(tmp_path / "c"), str(out)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
     expected = registry.cases["gb"].expected_label()
     assert [r["output"] for r in report[:3]] == [f"file://{out}/uri", f"file://{out}/uri", f"{out}/plain"]
     assert all(r["rows"] == len(expected) for r in report[:3])
